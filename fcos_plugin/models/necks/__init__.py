@@ -1,0 +1,3 @@
+from .bifpn import BiFPNNeck
+
+__all__ = ['BiFPNNeck']
