@@ -1,0 +1,3 @@
+from .hsv_jitter import HSVJitter
+
+__all__ = ['HSVJitter']

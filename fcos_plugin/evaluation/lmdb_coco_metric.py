@@ -1,0 +1,46 @@
+"""COCO evaluation whose ground truth comes from a packed LMDB instead of the annotation JSON."""
+from __future__ import annotations
+
+from typing import Optional
+
+from mmdet.datasets.api_wrappers import COCO
+from mmdet.evaluation import CocoMetric
+from mmdet.registry import METRICS
+
+from ..datasets.lmdb_format import load_packed
+
+
+def coco_api_from_lmdb(lmdb_path: str) -> COCO:
+    """A pycocotools ``COCO`` index over a packed split: every image and annotation the source JSON had
+    for the packed images (crowd regions, original ``area`` and boxes included)."""
+    coco = COCO()
+    coco.dataset = load_packed(lmdb_path).coco_dataset_dict()
+    coco.createIndex()
+    # mmdet's wrapper sets these aliases in __init__, which only indexes when given a file
+    coco.img_ann_map, coco.cat_img_map = coco.imgToAnns, coco.catToImgs
+    return coco
+
+
+@METRICS.register_module()
+class LmdbCocoMetric(CocoMetric):
+    """mmdet's ``CocoMetric`` with ground truth read from the LMDB of an ``LmdbCocoDataset``.
+
+    Args:
+        lmdb_path: the packed split. By default it is taken from the evaluated dataset's metainfo, so a
+            config needs only ``dict(type='LmdbCocoMetric', metric='bbox')``.
+        Other arguments as ``CocoMetric`` (``ann_file`` still works and then wins).
+    """
+
+    def __init__(self, *args, lmdb_path: Optional[str] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lmdb_path = lmdb_path
+        if self._coco_api is None and lmdb_path is not None:
+            self._coco_api = coco_api_from_lmdb(lmdb_path)
+
+    @CocoMetric.dataset_meta.setter
+    def dataset_meta(self, dataset_meta: dict) -> None:
+        self._dataset_meta = dataset_meta
+        path = (dataset_meta or {}).get('lmdb_path')
+        if self._coco_api is None and path:
+            self.lmdb_path = path
+            self._coco_api = coco_api_from_lmdb(path)

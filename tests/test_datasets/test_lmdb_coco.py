@@ -1,0 +1,158 @@
+"""LmdbCocoDataset and LmdbCocoMetric against mmdet's CocoDataset / CocoMetric on the same tiny COCO."""
+from __future__ import annotations
+
+import json
+import os.path as osp
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+from mmdet.datasets import CocoDataset
+from mmdet.evaluation import CocoMetric
+from mmdet.structures import DetDataSample
+from mmengine.dataset import pseudo_collate
+from mmengine.structures import InstanceData
+from mmengine.registry import init_default_scope
+from torch.utils.data import DataLoader
+
+import fcos_plugin  # noqa: F401
+from fcos_plugin.datasets import LmdbCocoDataset, LmdbFormatError
+from fcos_plugin.evaluation import LmdbCocoMetric
+
+init_default_scope('mmdet')
+
+TEST_PIPELINE = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(320, 320), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                          'scale_factor')),
+]
+
+
+def _pair(tiny_coco, packed, split='val', **kwargs):
+    ref = CocoDataset(data_root=tiny_coco, ann_file=f'annotations/instances_{split}2017.json',
+                      data_prefix=dict(img=f'{split}2017/'), **kwargs)
+    ours = LmdbCocoDataset(data_root=packed, ann_file=f'{split}_lmdb', **kwargs)
+    return ref, ours
+
+
+@pytest.mark.parametrize('split', ['val', 'train'])
+@pytest.mark.parametrize('kwargs', [
+    dict(test_mode=True),
+    dict(filter_cfg=None),
+    dict(filter_cfg=dict(filter_empty_gt=True, min_size=32)),
+    dict(filter_cfg=dict(filter_empty_gt=False, min_size=500)),
+    dict(filter_cfg=dict(filter_empty_gt=True), metainfo=dict(classes=('person', 'dog', 'zebra'))),
+    dict(indices=[3, 1, 4]),
+])
+def test_samples_equal_coco_dataset(tiny_coco, tiny_coco_packed, split, kwargs):
+    ref, ours = _pair(tiny_coco, tiny_coco_packed, split, **kwargs)
+    assert len(ours) == len(ref) > 0
+    assert ours.metainfo['classes'] == ref.metainfo['classes']
+    assert ours.cat_ids == ref.cat_ids
+    for i in range(len(ref)):
+        a, b = ref.get_data_info(i), ours.get_data_info(i)
+        assert osp.basename(b['img_path']) == osp.basename(a['img_path'])
+        assert b['img_path'].startswith('lmdb://')
+        for key in ('img_id', 'height', 'width'):
+            assert a[key] == b[key]
+        strip = lambda insts: [{k: v for k, v in d.items() if k != 'mask'} for d in insts]  # noqa
+        assert strip(b['instances']) == strip(a['instances'])
+        assert [d.get('mask') for d in b['instances']] == [d.get('mask') for d in a['instances']]
+
+
+def test_filter_keeps_crowd_only_images_like_coco(tiny_coco, tiny_coco_packed):
+    # filter_empty_gt with classes whose only annotations may be crowd: same rule as COCO's cat_img_map
+    ref, ours = _pair(tiny_coco, tiny_coco_packed, 'val',
+                      filter_cfg=dict(filter_empty_gt=True), metainfo=dict(classes=('person',)))
+    assert [ours.get_data_info(i)['img_id'] for i in range(len(ours))] == \
+        [ref.get_data_info(i)['img_id'] for i in range(len(ref))]
+
+
+def test_pipeline_output_equals_file_based(tiny_coco, tiny_coco_packed):
+    ref, ours = _pair(tiny_coco, tiny_coco_packed, 'val', test_mode=True, pipeline=TEST_PIPELINE)
+    for i in (0, 7, 49):
+        a, b = ref[i], ours[i]
+        assert torch.equal(a['inputs'], b['inputs'])
+        assert torch.equal(a['data_samples'].gt_instances.bboxes.tensor,
+                           b['data_samples'].gt_instances.bboxes.tensor)
+
+
+def test_two_worker_dataloader_reads_everything(tiny_coco_packed):
+    ds = LmdbCocoDataset(data_root=tiny_coco_packed, ann_file='train_lmdb', test_mode=True,
+                         pipeline=TEST_PIPELINE)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True,
+                        collate_fn=pseudo_collate)
+    for _ in range(2):  # the second epoch reuses the workers and their LMDB handles
+        ids = [s.img_id for batch in loader for s in batch['data_samples']]
+        assert sorted(ids) == sorted(ds.get_data_info(i)['img_id'] for i in range(len(ds)))
+
+
+def _fake_predictions(ds, rng) -> list[DetDataSample]:
+    """Detections near the ground truth plus false positives, with random scores."""
+    samples = []
+    for i in range(len(ds)):
+        info = ds.get_data_info(i)
+        boxes = np.array([d['bbox'] for d in info['instances']] or np.zeros((0, 4)), np.float32)
+        labels = np.array([d['bbox_label'] for d in info['instances']], np.int64)
+        boxes = boxes + rng.normal(0, 4, boxes.shape).astype(np.float32)
+        fp = rng.uniform(0, 200, (5, 2)).astype(np.float32)
+        fp = np.concatenate([fp, fp + rng.uniform(10, 150, (5, 2)).astype(np.float32)], 1)
+        boxes = np.concatenate([boxes, fp])
+        labels = np.concatenate([labels, rng.integers(0, 80, 5)])
+        s = DetDataSample(metainfo=dict(img_id=info['img_id'],
+                                        ori_shape=(info['height'], info['width'])))
+        s.pred_instances = InstanceData(
+            bboxes=torch.from_numpy(boxes), labels=torch.from_numpy(labels),
+            scores=torch.from_numpy(rng.uniform(0.05, 1, len(boxes))).float())
+        samples.append(s.to_dict())
+    return samples
+
+
+def test_metric_equals_coco_metric_with_ann_file(tiny_coco, tiny_coco_packed):
+    ds = LmdbCocoDataset(data_root=tiny_coco_packed, ann_file='val_lmdb', test_mode=True)
+    preds = _fake_predictions(ds, np.random.default_rng(0))
+
+    ref = CocoMetric(ann_file=osp.join(tiny_coco, 'annotations', 'instances_val2017.json'))
+    ours = LmdbCocoMetric()  # ground truth found through the dataset's metainfo
+    results = []
+    for metric in (ref, ours):
+        metric.dataset_meta = ds.metainfo
+        metric.process({}, preds)
+        results.append(metric.evaluate(len(preds)))
+    assert results[0]['coco/bbox_mAP'] > 0.1
+    assert results[0] == results[1]
+    # crowd regions are part of the ground truth the metric sees
+    assert sum(a['iscrowd'] for a in ours._coco_api.dataset['annotations']) == 5
+
+
+def test_not_a_pack_is_a_clear_error(tiny_coco, tmp_path):
+    with pytest.raises(LmdbFormatError, match='not a packed LMDB.*pack it first'):
+        LmdbCocoDataset(data_root=tiny_coco, ann_file='annotations/instances_val2017.json')
+    env = lmdb.open(str(tmp_path / 'foreign'))
+    with env.begin(write=True) as txn:
+        txn.put(b'hello', b'world')
+    env.close()
+    with pytest.raises(LmdbFormatError, match='no manifest'):
+        LmdbCocoDataset(data_root=str(tmp_path), ann_file='foreign')
+
+
+def test_incompatible_format_version_is_a_clear_error(tiny_coco, tmp_path):
+    from fcos_plugin.datasets import pack_coco
+    r = pack_coco(tiny_coco, str(tmp_path), 'val', progress=False, log=lambda s: None)
+    env = lmdb.open(r.target)
+    with env.begin(write=True) as txn:
+        manifest = json.loads(txn.get(b'__manifest__'))
+        manifest['format_version'] = 999
+        txn.put(b'__manifest__', json.dumps(manifest).encode())
+    env.close()
+    with pytest.raises(LmdbFormatError, match='format version 999.*Repack'):
+        LmdbCocoDataset(data_root=str(tmp_path), ann_file='val_lmdb')
+
+
+def test_unknown_class_subset_is_a_clear_error(tiny_coco_packed):
+    with pytest.raises(ValueError, match='unicorn'):
+        LmdbCocoDataset(data_root=tiny_coco_packed, ann_file='val_lmdb',
+                        metainfo=dict(classes=('person', 'unicorn')))
