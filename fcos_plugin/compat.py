@@ -1,0 +1,209 @@
+"""The smallest fixes that make mmengine 0.10.7 / mmcv 2.1.0 / mmdeploy 1.3.1 work on torch 2.14.
+
+Every fix here works around an upstream behaviour, names the version it was written against, and has a
+test in ``tests/test_compat.py`` that fails without it (each test switches its fix off to show the need).
+Applied once, when ``fcos_plugin`` is imported.
+
+1. ``torch.load(weights_only=True)`` (default since torch 2.6) refuses mmengine checkpoints: the message
+   hub stores ``HistoryBuffer`` objects holding numpy arrays, the meta holds numpy scalars, and
+   ``HistoryBuffer.__getstate__`` pickles its class-level statistics methods as ``getattr(HistoryBuffer,
+   'min')``. We stop pickling those methods (they are class registrations that ``__setstate__`` restores
+   anyway), allow-list exactly ``HistoryBuffer`` and numpy's array/scalar reconstruction (no general
+   callables such as ``getattr``), and turn the unpickler's refusal of anything else into a clear error:
+   a checkpoint that carries code is not executed.
+2. torch >= 2.9 exports ONNX with the dynamo exporter by default; mmdeploy 1.3.1's rewriters need the
+   TorchScript exporter, so ``torch.onnx.export`` defaults to ``dynamo=False`` again.
+3. mmengine 0.10.7 calls ``torch.cuda.set_device`` when initialising ``torch.distributed``, which fails
+   without a GPU; on CPU-only machines initialisation skips it and uses ``gloo``.
+4. mmengine's DDP wrapper is built with ``device_ids=[local_rank]``, which torch rejects for CPU modules:
+   ``CPUCompatDistributedDataParallel`` drops ``device_ids`` for CPU modules.
+5. mmcv here is built without CUDA kernels: for CUDA tensors ``mmcv.ops.nms`` (used by ``batched_nms``)
+   falls back to torchvision's CUDA NMS.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+
+_APPLIED: set[str] = set()
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. checkpoints under weights_only=True
+# ----------------------------------------------------------------------------------------------------
+def _numpy_safe_globals() -> list:
+    """The numpy reconstructors and types an mmengine checkpoint contains, and nothing callable beyond
+    array/scalar reconstruction."""
+    core = getattr(np, '_core', None) or np.core
+    dtype_classes = [type(np.dtype(t)) for t in (
+        np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+        np.float16, np.float32, np.float64)]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype,
+            *dtype_classes]
+
+
+SAFE_CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_safe_globals()]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds objects that ``torch.load(weights_only=True)`` will not build."""
+
+
+def _load_from_local_safely(original):
+    @functools.wraps(original)
+    def load_from_local(filename, map_location=None):
+        try:
+            return original(filename, map_location)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f'refusing to load checkpoint {filename}: it contains objects outside the allow-list '
+                f'of weights-only loading, so it could execute code when unpickled. Nothing in it was '
+                f'run. Only load it if you trust its source, e.g. convert it with '
+                f'torch.load(weights_only=False) in a separate, trusted step. Details: '
+                f'{str(e).splitlines()[0]}') from None
+    return load_from_local
+
+
+def _history_buffer_getstate(self) -> dict:
+    # mmengine 0.10.7 adds ``statistics_methods`` (functions, pickled through ``getattr``) to the state.
+    # They are class-level registrations restored by ``__setstate__``: keep the state to plain data.
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
+def patch_checkpoint_loading() -> None:
+    if 'checkpoint' in _APPLIED:
+        return
+    torch.serialization.add_safe_globals(SAFE_CHECKPOINT_GLOBALS)
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
+    from mmengine.runner import checkpoint as ckpt
+    wrapped = _load_from_local_safely(ckpt.load_from_local)
+    ckpt.load_from_local = wrapped
+    # CheckpointLoader keeps its own reference in the scheme registry
+    for prefix, fn in list(ckpt.CheckpointLoader._schemes.items()):
+        if getattr(fn, '__name__', '') == 'load_from_local':
+            ckpt.CheckpointLoader._schemes[prefix] = wrapped
+    _APPLIED.add('checkpoint')
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. ONNX export through the TorchScript exporter
+# ----------------------------------------------------------------------------------------------------
+def patch_onnx_export() -> None:
+    if 'onnx' in _APPLIED:
+        return
+    original = torch.onnx.export
+
+    @functools.wraps(original)
+    def export(*args, **kwargs):
+        kwargs.setdefault('dynamo', False)
+        return original(*args, **kwargs)
+
+    export.__wrapped_by_fcos_plugin__ = original
+    torch.onnx.export = export
+    _APPLIED.add('onnx')
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3./4. distributed training on CPU
+# ----------------------------------------------------------------------------------------------------
+def patch_dist_init() -> None:
+    if 'dist' in _APPLIED:
+        return
+    from mmengine.dist import utils as dist_utils
+    original = dist_utils._init_dist_pytorch
+
+    @functools.wraps(original)
+    def _init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        if torch.cuda.is_available():
+            return original(backend, init_backend=init_backend, **kwargs)
+        set_device = torch.cuda.set_device
+        torch.cuda.set_device = lambda device: None  # no GPU: nothing to select
+        try:
+            return original('gloo' if backend == 'nccl' else backend, init_backend=init_backend,
+                            **kwargs)
+        finally:
+            torch.cuda.set_device = set_device
+
+    dist_utils._init_dist_pytorch = _init_dist_pytorch
+    _APPLIED.add('dist')
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUCompatDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's ``MMDistributedDataParallel`` that also wraps CPU modules (gloo).
+
+    mmengine's Runner passes ``device_ids=[local_rank]``; torch requires ``device_ids=None`` for modules
+    on CPU. On GPUs this is exactly ``MMDistributedDataParallel``.
+    """
+
+    def __init__(self, module, detect_anomalous_params: bool = False, **kwargs):
+        if next(module.parameters()).device.type == 'cpu':
+            kwargs.pop('device_ids', None)
+            kwargs.pop('output_device', None)
+        super().__init__(module, detect_anomalous_params=detect_anomalous_params, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. NMS on CUDA without mmcv CUDA kernels
+# ----------------------------------------------------------------------------------------------------
+def _mmcv_has_cuda_ops() -> bool:
+    from mmcv.utils import ext_loader
+    try:
+        ext = ext_loader.load_ext('_ext', ['get_compiling_cuda_version'])
+        return ext.get_compiling_cuda_version() not in ('', 'not available')
+    except Exception:
+        return False
+
+
+def patch_nms() -> None:
+    if 'nms' in _APPLIED or _mmcv_has_cuda_ops():
+        return
+    import importlib
+
+    import torchvision
+    nms_module = importlib.import_module('mmcv.ops.nms')  # the module (mmcv.ops.nms is also a function)
+    original = nms_module.nms
+
+    @functools.wraps(original)
+    def nms(boxes, scores, iou_threshold, offset=0, score_threshold=0, max_num=-1):
+        if not (isinstance(boxes, torch.Tensor) and boxes.is_cuda):
+            return original(boxes, scores, iou_threshold, offset, score_threshold, max_num)
+        assert offset == 0, 'torchvision NMS fallback supports offset=0 only'
+        valid = torch.nonzero(scores > score_threshold).squeeze(1)
+        inds = valid[torchvision.ops.nms(boxes[valid].float(), scores[valid].float(), iou_threshold)]
+        if max_num > 0:
+            inds = inds[:max_num]
+        dets = torch.cat((boxes[inds], scores[inds].reshape(-1, 1)), dim=1)
+        return dets, inds
+
+    nms_module.nms = nms  # batched_nms resolves 'nms' through this module's globals
+    _APPLIED.add('nms')
+
+
+PATCHES = {'checkpoint': patch_checkpoint_loading, 'onnx': patch_onnx_export, 'dist': patch_dist_init,
+           'nms': patch_nms}
+
+
+def apply_all() -> None:
+    """Apply every fix except those named in ``FCOS_PLUGIN_DISABLE_COMPAT`` (comma separated; the tests
+    use it to show each fix is still needed)."""
+    disabled = set(filter(None, os.environ.get('FCOS_PLUGIN_DISABLE_COMPAT', '').split(',')))
+    unknown = disabled - set(PATCHES)
+    if unknown:
+        raise ValueError(f'FCOS_PLUGIN_DISABLE_COMPAT names unknown fixes {sorted(unknown)}; '
+                         f'known: {sorted(PATCHES)}')
+    for name, patch in PATCHES.items():
+        if name not in disabled:
+            patch()
+
+
+apply_all()

@@ -1,0 +1,151 @@
+"""fcos_plugin.compat: each fix works, and each test also shows the fix is still needed
+(``FCOS_PLUGIN_DISABLE_COMPAT`` switches a fix off in a subprocess)."""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fcos_plugin  # noqa: F401
+from fcos_plugin.compat import UnsafeCheckpointError
+
+from .conftest import REPO, run_tool
+
+CFG = osp.join(REPO, 'configs', 'fcos_r18_demo.py')
+
+
+def _py(code: str, disable: str = '', cwd: str = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FCOS_PLUGIN_DISABLE_COMPAT=disable)
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, cwd=cwd)
+
+
+def _train_args(data_root: str, work_dir: str, *extra: str) -> list[str]:
+    return ['--work-dir', work_dir, '--cfg-options', f'train_dataloader.dataset.data_root={data_root}',
+            f'val_dataloader.dataset.data_root={data_root}',
+            f'test_dataloader.dataset.data_root={data_root}', 'train_dataloader.batch_size=4',
+            'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+            'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+            'val_dataloader.persistent_workers=False', 'test_dataloader.persistent_workers=False',
+            'default_hooks.logger.interval=1', 'train_dataloader.dataset.indices=8',
+            'val_dataloader.dataset.indices=4', 'test_dataloader.dataset.indices=4', *extra]
+
+
+@pytest.fixture(scope='module')
+def trained(demo_packed, tmp_path_factory):
+    """Two epochs of mmdet FCOS-R18 on the demo pack: checkpoints with message hub and numpy meta."""
+    work = str(tmp_path_factory.mktemp('compat_train'))
+    proc = subprocess.run(run_tool('tools/train.py', CFG, *_train_args(
+        demo_packed, work, 'train_cfg.max_epochs=2', 'train_cfg.val_interval=10')),
+        capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return demo_packed, work
+
+
+def test_torch_load_is_weights_only_by_default():
+    assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
+    import inspect
+    # torch >= 2.6: None means "weights_only unless the environment forces otherwise"
+    assert inspect.signature(torch.load).parameters['weights_only'].default in (None, True)
+
+
+def test_checkpoint_needs_the_fix_and_loads_with_it(trained):
+    ckpt = osp.join(trained[1], 'epoch_2.pth')
+    code = f'''
+        import torch, fcos_plugin
+        ckpt = torch.load({ckpt!r}, map_location='cpu')
+        print(type(ckpt['message_hub']['log_scalars']['train/loss']).__name__, ckpt['meta']['iter'])
+    '''
+    without = _py(code, disable='checkpoint')
+    assert without.returncode != 0 and 'Unsupported global' in without.stderr
+    with_fix = _py(code)
+    assert with_fix.returncode == 0, with_fix.stderr
+    assert with_fix.stdout.split()[0] == 'HistoryBuffer'
+
+
+def test_resume_continues_and_load_from_loads(trained):
+    data_root, work = trained
+    proc = subprocess.run(run_tool('tools/train.py', CFG, '--resume', osp.join(work, 'epoch_1.pth'),
+                                   *_train_args(data_root, work, 'train_cfg.max_epochs=2',
+                                                'train_cfg.val_interval=10')),
+                          capture_output=True, text=True, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert 'resumed epoch: 1' in out
+    assert 'Epoch(train) [2]' in out and 'Epoch(train) [1]' not in out
+
+    work2 = osp.join(work, 'load_from')
+    proc = subprocess.run(run_tool('tools/train.py', CFG, *_train_args(
+        data_root, work2, f'load_from={osp.join(work, "epoch_2.pth")}', 'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=10')), capture_output=True, text=True, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert 'Load checkpoint from' in out
+
+
+def test_malicious_checkpoint_is_refused_and_its_payload_does_not_run(demo_packed, tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f'touch {marker}',)
+
+    path = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': Payload()}, path)
+    from mmengine.runner import load_checkpoint
+    with pytest.raises(UnsafeCheckpointError, match='refusing to load checkpoint .*evil.pth'):
+        load_checkpoint(torch.nn.Linear(1, 1), path)
+    assert not marker.exists()
+    # and through the tools: a clear message, no traceback, payload not run
+    proc = subprocess.run(run_tool('tools/test.py', CFG, path, *_train_args(demo_packed,
+                                                                           str(tmp_path / 'w'))),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0
+    assert 'refusing to load checkpoint' in proc.stderr and 'Traceback' not in proc.stderr
+    assert not marker.exists()
+
+
+def test_mmdeploy_export_needs_torchscript_exporter(tmp_path):
+    code = f'''
+        import torch, fcos_plugin
+        from mmdeploy.apis.onnx import export
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+        export(model, torch.rand(1, 3, 16, 16), {str(tmp_path / "m")!r}, backend='onnxruntime',
+               input_metas=None, context_info=dict(deploy_cfg=dict(
+                   onnx_config=dict(type='onnx', opset_version=11, input_names=['input'],
+                                    output_names=['output'], save_file='m.onnx'),
+                   backend_config=dict(type='onnxruntime'), codebase_config=dict(type='mmdet'))),
+               input_names=['input'], output_names=['output'])
+        import onnx; onnx.checker.check_model({str(tmp_path / "m.onnx")!r}); print('ok')
+    '''
+    with_fix = _py(code)
+    assert with_fix.returncode == 0 and 'ok' in with_fix.stdout, with_fix.stderr[-2000:]
+    without = _py(code, disable='onnx')
+    assert without.returncode != 0 and 'onnxscript' in without.stderr
+
+
+def test_two_process_cpu_ddp_training(demo_packed, tmp_path):
+    def torchrun(disable: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+               '--master_port', str(29500 + os.getpid() % 1000),
+               osp.join(REPO, 'tools', 'train.py'), CFG, '--launcher', 'pytorch',
+               *_train_args(demo_packed, str(tmp_path / disable or 'ok'), 'train_cfg.max_epochs=1',
+                            'train_cfg.val_interval=10', 'train_dataloader.batch_size=2')]
+        env = dict(os.environ, FCOS_PLUGIN_DISABLE_COMPAT=disable, OMP_NUM_THREADS='1')
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+    proc = torchrun('')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'Distributed launcher: pytorch' in out or 'world_size: 2' in out.lower() or \
+        'World size: 2' in out
+    assert 'Epoch(train) [1]' in out
+
+    proc = torchrun('dist')
+    assert proc.returncode != 0
+    assert 'NVIDIA driver' in proc.stdout + proc.stderr or 'CUDA' in proc.stdout + proc.stderr

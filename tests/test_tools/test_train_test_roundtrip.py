@@ -1,0 +1,62 @@
+"""tools/train.py -> tools/test.py -> browse_dataset.py on the demo LMDB with mmdet's own FCOS-R18."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+
+import numpy as np
+
+from ..conftest import REPO, run_tool
+
+CFG = osp.join(REPO, 'configs', 'fcos_r18_demo.py')
+
+
+def data_opts(root: str) -> list[str]:
+    return [f'{k}_dataloader.dataset.data_root={root}' for k in ('train', 'val', 'test')]
+
+
+def read_losses(work_dir: str) -> list[float]:
+    logs = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    assert logs, f'no scalars.json under {work_dir}'
+    with open(sorted(logs)[-1]) as f:
+        return [json.loads(line)['loss'] for line in f if '"loss"' in line]
+
+
+def test_train_then_test_on_demo_lmdb(demo_packed, tmp_path):
+    work = str(tmp_path / 'work')
+    proc = subprocess.run(run_tool('tools/train.py', CFG, '--work-dir', work, '--cfg-options',
+                                   *data_opts(demo_packed), 'train_cfg.max_epochs=6',
+                                   'train_cfg.val_interval=6', 'default_hooks.logger.interval=1',
+                                   'train_dataloader.batch_size=4'),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = read_losses(work)
+    assert len(losses) >= 20
+    k = len(losses) // 4
+    assert np.mean(losses[-k:]) < 0.8 * np.mean(losses[:k]), losses
+
+    ckpt = osp.join(work, 'epoch_6.pth')
+    proc = subprocess.run(run_tool('tools/test.py', CFG, ckpt, '--work-dir', work, '--show-dir', 'show',
+                                   '--out', osp.join(work, 'preds.pkl'), '--cfg-options',
+                                   *data_opts(demo_packed)),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(osp.join(work, 'test_metrics.json')) as f:
+        metrics = json.load(f)
+    assert 'coco/bbox_mAP' in metrics and 0.0 <= metrics['coco/bbox_mAP'] <= 1.0
+    assert osp.getsize(osp.join(work, 'preds.pkl')) > 0
+    shown = glob.glob(osp.join(work, '*', 'show', '*.jpg'))
+    assert len(shown) == 16  # every val image drawn, named after its original file
+
+
+def test_browse_dataset_draws_lmdb_samples(demo_packed, tmp_path):
+    out = str(tmp_path / 'browse')
+    proc = subprocess.run(run_tool('tools/analysis_tools/browse_dataset.py', CFG, '--output-dir', out,
+                                   '--num', '5', '--cfg-options', *data_opts(demo_packed)),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    assert len(files) == 5 and all(f.endswith('.jpg') for f in files)
