@@ -1,1 +1,3 @@
-__all__ = []
+from .tuned_fcos_head import MatchCostSimOTAAssigner, TunedFCOSHead
+
+__all__ = ['MatchCostSimOTAAssigner', 'TunedFCOSHead']

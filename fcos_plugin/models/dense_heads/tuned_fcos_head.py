@@ -1,0 +1,454 @@
+"""The tuned FCOS head of Horizon HAT's ``fcos_efficientnetb0_mscoco``, built from mmdet parts.
+
+What differs from mmdet's :class:`~mmdet.models.dense_heads.FCOSHead` (which this head subclasses):
+
+* a light head: 64-channel towers of 4 convs, BN, optionally depthwise-separable convs;
+* dynamic SimOTA-style assignment (:class:`MatchCostSimOTAAssigner`) instead of per-level regress
+  ranges: candidates are the points inside a GT box and within ``center_radius`` strides of its
+  centre, cost = focal classification cost + 2 x GIoU cost, dynamic k from the top-10 IoUs;
+* GIoU box loss on positives, IoU-aware centerness (BCE against the IoU of the decoded prediction with
+  its target);
+* detection score ``sqrt(sigmoid(cls) * sigmoid(centerness))``, thresholded and ranked as such
+  (:meth:`TunedFCOSHead.score_from_logits`, shared with the ONNX export).
+
+``assign_mode='classic'`` keeps mmdet's FCOS targets and losses unchanged (regress ranges, center
+sampling, geometric centerness); only the tower shape and the inference score differ then.
+"""
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+from mmdet.models.dense_heads import FCOSHead
+from mmdet.models.task_modules.assigners import AssignResult, SimOTAAssigner
+from mmdet.models.task_modules.assigners.sim_ota_assigner import INF as SIMOTA_INF
+from mmdet.models.utils import multi_apply
+from mmdet.registry import MODELS, TASK_UTILS
+from mmdet.structures.bbox import bbox_overlaps
+from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, reduce_mean
+
+__all__ = ['MatchCostSimOTAAssigner', 'TunedFCOSHead']
+
+INF = 1e8
+# The FCOS regress ranges for strides (8, 16, 32, 64, 128); used by assign_mode='classic' only.
+FCOS_REGRESS_RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, INF))
+DEFAULT_ASSIGNER = dict(
+    type='MatchCostSimOTAAssigner',
+    center_radius=2.5,
+    candidate_topk=10,
+    cls_cost=dict(type='FocalLossCost', alpha=0.25, gamma=2.0, weight=1.0),
+    reg_cost=dict(type='IoUCost', iou_mode='giou', weight=2.0))
+DEFAULT_TEST_CFG = dict(
+    nms_pre=1000, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)
+ASSIGN_MODES = ('dynamic', 'classic')
+
+
+@TASK_UTILS.register_module()
+class MatchCostSimOTAAssigner(SimOTAAssigner):
+    """mmdet's :class:`SimOTAAssigner` with its cost built from mmdet match costs.
+
+    mmdet's SimOTA hard-codes ``BCE(probabilities) + 3 * -log(IoU)``; HAT's dynamic FCOS target uses
+    a focal classification cost on logits plus a weighted GIoU cost. The candidate test
+    (:meth:`get_in_gt_and_in_center_info`) and the dynamic-k matching (:meth:`dynamic_k_matching`:
+    k = int(sum of the ``candidate_topk`` largest IoUs), at least 1; a point matched to several GTs
+    keeps the lowest-cost one) are the parent's.
+
+    Args:
+        center_radius (float): Candidates lie within this many strides of a GT's centre (and inside
+            the GT box). Defaults to 2.5.
+        candidate_topk (int): Number of largest IoUs summed into the dynamic k. Defaults to 10.
+        cls_cost (dict): Match cost on class logits (``pred_instances.scores``, shape (P, C)).
+            Defaults to ``FocalLossCost`` (alpha 0.25, gamma 2, weight 1).
+        reg_cost (dict): Match cost on decoded boxes. Defaults to ``IoUCost`` (GIoU, weight 2).
+        iou_calculator (dict): IoU used for the dynamic k. Defaults to ``BboxOverlaps2D``.
+        candidates_only (bool): Keep only positives inside the candidate region of their GT. With
+            ``False`` a GT that has fewer candidates than its k also takes the cheapest
+            non-candidates, as mmdet's SimOTA does. Defaults to True.
+    """
+
+    def __init__(self,
+                 center_radius: float = 2.5,
+                 candidate_topk: int = 10,
+                 cls_cost: ConfigType = DEFAULT_ASSIGNER['cls_cost'],
+                 reg_cost: ConfigType = DEFAULT_ASSIGNER['reg_cost'],
+                 iou_calculator: ConfigType = dict(type='BboxOverlaps2D'),
+                 candidates_only: bool = True) -> None:
+        super().__init__(center_radius=center_radius, candidate_topk=candidate_topk,
+                         iou_calculator=iou_calculator)
+        self.cls_cost = TASK_UTILS.build(cls_cost)
+        self.reg_cost = TASK_UTILS.build(reg_cost)
+        self.candidates_only = candidates_only
+
+    def match_cost(self, pred_instances: InstanceData, gt_instances: InstanceData,
+                   is_candidate: Tensor) -> Tensor:
+        """Cost of matching each prediction to each GT.
+
+        Args:
+            pred_instances (InstanceData): ``scores`` (P, C) class logits and ``bboxes`` (P, 4)
+                decoded predictions, ``x1y1x2y2`` in pixels.
+            gt_instances (InstanceData): ``bboxes`` (G, 4) and ``labels`` (G,).
+            is_candidate (Tensor): (P, G) bool, inside the GT box and its centre region.
+
+        Returns:
+            Tensor: (P, G) cost; non-candidates cost SimOTA's ``INF`` more.
+        """
+        # float32: the focal cost takes logs of sigmoids, which underflow in fp16.
+        preds = InstanceData(scores=pred_instances.scores.float(),
+                             bboxes=pred_instances.bboxes.float())
+        cost = self.cls_cost(preds, gt_instances) + self.reg_cost(preds, gt_instances)
+        return cost + (~is_candidate) * SIMOTA_INF
+
+    def assign(self,
+               pred_instances: InstanceData,
+               gt_instances: InstanceData,
+               gt_instances_ignore: Optional[InstanceData] = None,
+               **kwargs) -> AssignResult:
+        """Assign GTs to points.
+
+        Args:
+            pred_instances (InstanceData): ``priors`` (P, 4) as ``(x, y, stride_w, stride_h)``,
+                ``scores`` (P, C) class logits, ``bboxes`` (P, 4) decoded predictions in pixels.
+            gt_instances (InstanceData): ``bboxes`` (G, 4) in pixels and ``labels`` (G,).
+            gt_instances_ignore: Unused (SimOTA has no ignore regions).
+
+        Returns:
+            AssignResult: ``gt_inds`` (P,) 0 = background, i + 1 = GT i; ``max_overlaps`` (P,) IoU
+            of positives with their GT; ``labels`` (P,) -1 for background.
+        """
+        gt_bboxes = gt_instances.bboxes
+        num_gt = gt_bboxes.size(0)
+        num_points = pred_instances.bboxes.size(0)
+        device = gt_bboxes.device
+        assigned_gt_inds = torch.zeros(num_points, dtype=torch.long, device=device)
+        max_overlaps = torch.zeros(num_points, device=device)
+        assigned_labels = torch.full((num_points,), -1, dtype=torch.long, device=device)
+        if num_gt == 0 or num_points == 0:
+            return AssignResult(num_gt, assigned_gt_inds, max_overlaps, labels=assigned_labels)
+
+        # valid: inside some GT box or some centre region (the only points whose IoUs enter k).
+        valid_mask, is_candidate = self.get_in_gt_and_in_center_info(
+            pred_instances.priors, gt_bboxes)
+        if not valid_mask.any():
+            return AssignResult(num_gt, assigned_gt_inds, max_overlaps, labels=assigned_labels)
+        valid_preds = pred_instances[valid_mask]
+        pairwise_ious = self.iou_calculator(valid_preds.bboxes.float(), gt_bboxes.float())
+        cost = self.match_cost(valid_preds, gt_instances, is_candidate)
+
+        valid_before = valid_mask.clone()
+        # The parent narrows valid_mask in place to the matched points.
+        matched_ious, matched_gt_inds = self.dynamic_k_matching(
+            cost, pairwise_ious, num_gt, valid_mask)
+        if self.candidates_only:
+            matched_rows = valid_mask[valid_before].nonzero().squeeze(1)
+            keep = is_candidate[matched_rows, matched_gt_inds]
+            fg_mask = valid_mask.clone()
+            fg_mask[valid_mask] = keep
+            valid_mask = fg_mask
+            matched_ious, matched_gt_inds = matched_ious[keep], matched_gt_inds[keep]
+
+        assigned_gt_inds[valid_mask] = matched_gt_inds + 1
+        assigned_labels[valid_mask] = gt_instances.labels[matched_gt_inds].long()
+        max_overlaps[valid_mask] = matched_ious.to(max_overlaps.dtype)
+        return AssignResult(num_gt, assigned_gt_inds, max_overlaps, labels=assigned_labels)
+
+
+@MODELS.register_module()
+class TunedFCOSHead(FCOSHead):
+    """FCOS head tuned as in Horizon HAT's ``fcos_efficientnetb0_mscoco``.
+
+    Outputs per level ``l`` (stride ``s_l``, map ``H_l x W_l``), as mmdet's FCOSHead:
+    ``cls_score`` (N, C, H_l, W_l) logits, ``bbox_pred`` (N, 4, H_l, W_l) left/top/right/bottom
+    distances (in units of ``s_l`` while training, pixels in eval mode), ``centerness``
+    (N, 1, H_l, W_l) logits, computed on the regression tower.
+
+    Args:
+        num_classes (int): Number of object classes.
+        in_channels (int): Channels of every input level.
+        feat_channels (int): Tower width. Defaults to 64.
+        stacked_convs (int): Convs per tower. Defaults to 4.
+        strides (tuple[int]): Strides of the input levels. Defaults to (8, 16, 32, 64, 128).
+        assign_mode (str): ``'dynamic'`` (SimOTA-style, ``train_cfg.assigner``) or ``'classic'``
+            (mmdet FCOS targets and losses). Defaults to ``'dynamic'``.
+        use_separable (bool): Depthwise-separable tower convs (depthwise 3x3 + norm, pointwise 1x1 +
+            norm + activation). Defaults to False.
+        regress_ranges, center_sampling, center_sample_radius: FCOS targets, used by
+            ``assign_mode='classic'`` only. Defaults: FCOS ranges, True, 1.5.
+        norm_on_bbox (bool): Distances in units of the level's stride. Defaults to True.
+        centerness_on_reg (bool): Centerness on the regression tower. Defaults to True.
+        loss_cls (dict): Defaults to ``PyFocalLoss`` (sigmoid focal, alpha 0.25, gamma 2).
+        loss_bbox (dict): Defaults to ``GIoULoss`` (weight 1).
+        loss_centerness (dict): Defaults to sigmoid ``CrossEntropyLoss`` (weight 1).
+        norm_cfg (dict): Tower norm. Defaults to BN.
+        train_cfg (dict, optional): ``assigner`` for ``'dynamic'`` mode; defaults to
+            :data:`DEFAULT_ASSIGNER` (radius 2.5, top-10, focal + 2 x GIoU).
+        test_cfg (dict, optional): ``nms_pre``, ``score_thr`` (on the sqrt score), ``nms``,
+            ``max_per_img``; defaults to :data:`DEFAULT_TEST_CFG` (1000, 0.05, IoU 0.6, 100).
+        **kwargs: Passed to :class:`~mmdet.models.dense_heads.FCOSHead`.
+    """
+
+    def __init__(self,
+                 num_classes: int,
+                 in_channels: int,
+                 feat_channels: int = 64,
+                 stacked_convs: int = 4,
+                 strides: Tuple[int, ...] = (8, 16, 32, 64, 128),
+                 assign_mode: str = 'dynamic',
+                 use_separable: bool = False,
+                 regress_ranges: Tuple[Tuple[float, float], ...] = FCOS_REGRESS_RANGES,
+                 center_sampling: bool = True,
+                 center_sample_radius: float = 1.5,
+                 norm_on_bbox: bool = True,
+                 centerness_on_reg: bool = True,
+                 loss_cls: ConfigType = dict(
+                     type='PyFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                     loss_weight=1.0),
+                 loss_bbox: ConfigType = dict(type='GIoULoss', loss_weight=1.0),
+                 loss_centerness: ConfigType = dict(
+                     type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+                 norm_cfg: ConfigType = dict(type='BN', requires_grad=True),
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = None,
+                 **kwargs) -> None:
+        if assign_mode not in ASSIGN_MODES:
+            raise ValueError(f'TunedFCOSHead: assign_mode={assign_mode!r}; use one of {ASSIGN_MODES}')
+        # Read by _init_cls_convs/_init_reg_convs, which the parent's __init__ calls.
+        self.use_separable = use_separable
+        self.assign_mode = assign_mode
+        if test_cfg is None:
+            test_cfg = ConfigDict(copy.deepcopy(DEFAULT_TEST_CFG))
+        super().__init__(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            feat_channels=feat_channels,
+            stacked_convs=stacked_convs,
+            strides=strides,
+            regress_ranges=regress_ranges,
+            center_sampling=center_sampling,
+            center_sample_radius=center_sample_radius,
+            norm_on_bbox=norm_on_bbox,
+            centerness_on_reg=centerness_on_reg,
+            loss_cls=loss_cls,
+            loss_bbox=loss_bbox,
+            loss_centerness=loss_centerness,
+            norm_cfg=norm_cfg,
+            train_cfg=train_cfg,
+            test_cfg=test_cfg,
+            **kwargs)
+        if assign_mode == 'dynamic':
+            assigner = (train_cfg or {}).get('assigner', DEFAULT_ASSIGNER)
+            self.assigner = TASK_UTILS.build(assigner)
+
+    # ------------------------------------------------------------------------------------------
+    # layers
+    # ------------------------------------------------------------------------------------------
+    def _tower(self) -> nn.ModuleList:
+        """``stacked_convs`` 3x3 conv (or depthwise-separable) + norm + ReLU blocks."""
+        tower = nn.ModuleList()
+        for i in range(self.stacked_convs):
+            chn = self.in_channels if i == 0 else self.feat_channels
+            if self.use_separable:
+                # Linear depthwise conv (no activation between depthwise and pointwise), as in
+                # MobileNetV2/EfficientNet blocks.
+                tower.append(DepthwiseSeparableConvModule(
+                    chn, self.feat_channels, 3, padding=1, conv_cfg=self.conv_cfg,
+                    norm_cfg=self.norm_cfg, dw_act_cfg=None, bias=self.conv_bias))
+            else:
+                tower.append(ConvModule(
+                    chn, self.feat_channels, 3, stride=1, padding=1, conv_cfg=self.conv_cfg,
+                    norm_cfg=self.norm_cfg, bias=self.conv_bias))
+        return tower
+
+    def _init_cls_convs(self) -> None:
+        """Classification tower."""
+        if self.dcn_on_last_conv:
+            raise ValueError('TunedFCOSHead: dcn_on_last_conv is not supported '
+                             '(the head must export to ONNX without custom ops)')
+        self.cls_convs = self._tower()
+
+    def _init_reg_convs(self) -> None:
+        """Regression tower (also carries the centerness branch)."""
+        self.reg_convs = self._tower()
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    def loss_by_feat(
+        self,
+        cls_scores: List[Tensor],
+        bbox_preds: List[Tensor],
+        centernesses: List[Tensor],
+        batch_gt_instances: InstanceList,
+        batch_img_metas: List[dict],
+        batch_gt_instances_ignore: OptInstanceList = None
+    ) -> Dict[str, Tensor]:
+        """Losses from the head outputs.
+
+        Args:
+            cls_scores (list[Tensor]): Per level (N, C, H_l, W_l) logits.
+            bbox_preds (list[Tensor]): Per level (N, 4, H_l, W_l) distances (stride units when
+                ``norm_on_bbox``).
+            centernesses (list[Tensor]): Per level (N, 1, H_l, W_l) logits.
+            batch_gt_instances (list[InstanceData]): ``bboxes`` (G_i, 4) ``x1y1x2y2`` pixels and
+                ``labels`` (G_i,).
+            batch_img_metas (list[dict]): Image metas.
+            batch_gt_instances_ignore: Unused in ``'dynamic'`` mode.
+
+        Returns:
+            dict[str, Tensor]: ``loss_cls``, ``loss_bbox``, ``loss_centerness`` (scalars).
+        """
+        if self.assign_mode == 'classic':
+            return super().loss_by_feat(cls_scores, bbox_preds, centernesses, batch_gt_instances,
+                                        batch_img_metas, batch_gt_instances_ignore)
+        assert len(cls_scores) == len(bbox_preds) == len(centernesses)
+        num_imgs = cls_scores[0].size(0)
+        featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
+        # (P, 4): x, y, stride_w, stride_h over all levels -- every level competes for every GT.
+        priors = torch.cat(self.prior_generator.grid_priors(
+            featmap_sizes, dtype=bbox_preds[0].dtype, device=bbox_preds[0].device,
+            with_stride=True))
+
+        flat_cls = torch.cat([
+            c.permute(0, 2, 3, 1).reshape(num_imgs, -1, self.cls_out_channels)
+            for c in cls_scores], dim=1)  # (N, P, C)
+        flat_bbox = torch.cat([
+            b.permute(0, 2, 3, 1).reshape(num_imgs, -1, 4) for b in bbox_preds], dim=1)
+        flat_ctr = torch.cat([
+            c.permute(0, 2, 3, 1).reshape(num_imgs, -1) for c in centernesses], dim=1)  # (N, P)
+        distances = flat_bbox * priors[:, [2, 3, 2, 3]] if self.norm_on_bbox else flat_bbox
+        decoded = self.bbox_coder.decode(
+            priors[:, :2].expand(num_imgs, -1, -1), distances)  # (N, P, 4) pixels
+
+        labels, bbox_targets = multi_apply(
+            self._get_dynamic_targets_single, flat_cls.detach(), decoded.detach(),
+            batch_gt_instances, priors=priors)
+        labels = torch.stack(labels).reshape(-1)
+        bbox_targets = torch.stack(bbox_targets).reshape(-1, 4)
+
+        pos_inds = ((labels >= 0) & (labels < self.num_classes)).nonzero().reshape(-1)
+        num_pos = torch.tensor(len(pos_inds), dtype=torch.float, device=flat_cls.device)
+        num_pos = max(reduce_mean(num_pos), 1.0)
+        loss_cls = self.loss_cls(
+            flat_cls.reshape(-1, self.cls_out_channels), labels, avg_factor=num_pos)
+
+        if len(pos_inds) > 0:
+            pos_decoded = decoded.reshape(-1, 4)[pos_inds]
+            pos_targets = bbox_targets[pos_inds]
+            loss_bbox = self.loss_bbox(pos_decoded, pos_targets, avg_factor=num_pos)
+            # IoU-aware centerness: the quality target is the (detached) IoU of the prediction.
+            iou_targets = bbox_overlaps(pos_decoded.detach(), pos_targets, is_aligned=True)
+            loss_centerness = self.loss_centerness(
+                flat_ctr.reshape(-1)[pos_inds], iou_targets, avg_factor=num_pos)
+        else:
+            # Zero, but still attached to the graph so every parameter gets a (zero) gradient.
+            loss_bbox = flat_bbox.sum() * 0
+            loss_centerness = flat_ctr.sum() * 0
+        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_centerness=loss_centerness)
+
+    def _get_dynamic_targets_single(self, cls_logits: Tensor, decoded_bboxes: Tensor,
+                                    gt_instances: InstanceData,
+                                    priors: Tensor) -> Tuple[Tensor, Tensor]:
+        """Dynamic targets of one image.
+
+        Args:
+            cls_logits (Tensor): (P, C) class logits (detached).
+            decoded_bboxes (Tensor): (P, 4) predicted boxes, ``x1y1x2y2`` pixels (detached).
+            gt_instances (InstanceData): ``bboxes`` (G, 4) and ``labels`` (G,).
+            priors (Tensor): (P, 4) ``(x, y, stride_w, stride_h)``.
+
+        Returns:
+            tuple[Tensor, Tensor]: labels (P,) with ``num_classes`` for background, and box targets
+            (P, 4) ``x1y1x2y2`` pixels (zeros for background).
+        """
+        num_points = priors.size(0)
+        labels = torch.full((num_points,), self.num_classes, dtype=torch.long,
+                            device=priors.device)
+        bbox_targets = priors.new_zeros((num_points, 4))
+        if len(gt_instances) == 0:
+            return labels, bbox_targets
+        pred_instances = InstanceData(priors=priors, scores=cls_logits, bboxes=decoded_bboxes)
+        assign_result = self.assigner.assign(pred_instances, gt_instances)
+        pos = assign_result.gt_inds > 0
+        gt_inds = assign_result.gt_inds[pos] - 1
+        labels[pos] = gt_instances.labels[gt_inds].long()
+        bbox_targets[pos] = gt_instances.bboxes[gt_inds].to(bbox_targets.dtype)
+        return labels, bbox_targets
+
+    # ------------------------------------------------------------------------------------------
+    # inference
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def score_from_logits(cls_logits: Tensor, centerness_logits: Tensor) -> Tensor:
+        """Detection score ``sqrt(sigmoid(cls) * sigmoid(centerness))``.
+
+        The single definition of the score: inference thresholds and ranks it, and the ONNX export
+        rewriter reuses it.
+
+        Args:
+            cls_logits (Tensor): (..., C) class logits.
+            centerness_logits (Tensor): (...,) centerness logits.
+
+        Returns:
+            Tensor: (..., C) scores in [0, 1].
+        """
+        return (cls_logits.sigmoid() * centerness_logits.sigmoid().unsqueeze(-1)).sqrt()
+
+    def _predict_by_feat_single(self,
+                                cls_score_list: List[Tensor],
+                                bbox_pred_list: List[Tensor],
+                                score_factor_list: List[Tensor],
+                                mlvl_priors: List[Tensor],
+                                img_meta: dict,
+                                cfg: ConfigDict,
+                                rescale: bool = False,
+                                with_nms: bool = True) -> InstanceData:
+        """Boxes of one image.
+
+        Per level: score = :meth:`score_from_logits`; keep the ``nms_pre`` points with the highest
+        best-class score (as mmdeploy's exported graph does); keep (point, class) pairs with score
+        > ``score_thr``. Then class-aware NMS over all levels and the ``max_per_img`` best.
+
+        Args:
+            cls_score_list (list[Tensor]): Per level (C, H_l, W_l) logits.
+            bbox_pred_list (list[Tensor]): Per level (4, H_l, W_l) distances in pixels.
+            score_factor_list (list[Tensor]): Per level (1, H_l, W_l) centerness logits.
+            mlvl_priors (list[Tensor]): Per level (H_l * W_l, 2) point coordinates.
+            img_meta (dict): ``img_shape`` and, with ``rescale``, ``scale_factor``.
+            cfg (ConfigDict): Test config; ``self.test_cfg`` when None.
+            rescale (bool): Map boxes back to the original image.
+            with_nms (bool): Apply NMS and ``max_per_img``.
+
+        Returns:
+            InstanceData: ``bboxes`` (K, 4) ``x1y1x2y2``, ``scores`` (K,) sorted descending when
+            ``with_nms``, ``labels`` (K,).
+        """
+        cfg = copy.deepcopy(self.test_cfg if cfg is None else cfg)
+        nms_pre = cfg.get('nms_pre', -1)
+        score_thr = cfg.get('score_thr', 0)
+        mlvl_bbox_preds, mlvl_priors_kept, mlvl_scores, mlvl_labels = [], [], [], []
+        for cls_score, bbox_pred, centerness, priors in zip(
+                cls_score_list, bbox_pred_list, score_factor_list, mlvl_priors):
+            scores = self.score_from_logits(
+                cls_score.permute(1, 2, 0).reshape(-1, self.cls_out_channels),
+                centerness.permute(1, 2, 0).reshape(-1))
+            bbox_pred = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
+            if 0 < nms_pre < scores.size(0):
+                _, topk_inds = scores.max(dim=1)[0].topk(nms_pre)
+                scores, bbox_pred, priors = scores[topk_inds], bbox_pred[topk_inds], priors[topk_inds]
+            point_inds, labels = (scores > score_thr).nonzero(as_tuple=True)
+            mlvl_scores.append(scores[point_inds, labels])
+            mlvl_labels.append(labels)
+            mlvl_bbox_preds.append(bbox_pred[point_inds])
+            mlvl_priors_kept.append(priors[point_inds])
+
+        results = InstanceData()
+        results.bboxes = self.bbox_coder.decode(
+            torch.cat(mlvl_priors_kept), torch.cat(mlvl_bbox_preds), max_shape=img_meta['img_shape'])
+        results.scores = torch.cat(mlvl_scores)
+        results.labels = torch.cat(mlvl_labels)
+        # No score_factors: centerness is already inside the score.
+        return self._bbox_post_process(results, cfg, rescale=rescale, with_nms=with_nms,
+                                       img_meta=img_meta)
