@@ -33,8 +33,18 @@ import lmdb
 import numpy as np
 from PIL import Image
 
-from .lmdb_format import (CATEGORIES_KEY, FORMAT_NAME, FORMAT_VERSION, INDEX_KEY, MANIFEST_KEY,
-                          LmdbFormatError, encode_index, image_key, load_packed, seg_key)
+from .lmdb_format import (
+    CATEGORIES_KEY,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_KEY,
+    MANIFEST_KEY,
+    LmdbFormatError,
+    encode_index,
+    image_key,
+    load_packed,
+    seg_key,
+)
 
 #: images written per LMDB transaction
 BATCH_IMAGES = 256
@@ -375,7 +385,6 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
                 problems.append(p)
                 log(p.line())
             else:
-                row = len(cols['image_id'])
                 cols['image_id'].append(im['id'])
                 cols['width'].append(im['width'])
                 cols['height'].append(im['height'])
@@ -384,7 +393,6 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
                 cols['ann_count'].append(len(anns))
                 for a in anns:
                     cols['ann_id'].append(a['id'])
-                    cols['ann_image_row'].append(row)
                     cols['category_id'].append(a['category_id'])
                     cols['bbox'].append(a['bbox'])
                     cols['area'].append(a['area'])
@@ -415,7 +423,6 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
             ann_start=np.asarray(cols['ann_start'], np.int64),
             ann_count=np.asarray(cols['ann_count'], np.int32),
             ann_id=np.asarray(cols['ann_id'], np.int64),
-            ann_image_row=np.asarray(cols['ann_image_row'], np.int64),
             category_id=np.asarray(cols['category_id'], np.int32),
             bbox=np.asarray(cols['bbox'], np.float64).reshape(-1, 4),
             area=np.asarray(cols['area'], np.float64),

@@ -24,8 +24,7 @@ from mmdet.datasets import BaseDetDataset
 from mmdet.registry import DATASETS
 from mmengine.fileio import BaseStorageBackend, register_backend
 
-from .lmdb_format import (URI_SCHEME, PackedCoco, image_uri, load_packed, seg_key, shared_env,
-                          split_uri)
+from .lmdb_format import URI_SCHEME, PackedCoco, image_uri, load_packed, seg_key, shared_env, split_uri
 
 
 @register_backend('fcos_plugin_lmdb', prefixes=URI_SCHEME)
@@ -111,7 +110,7 @@ class LmdbCocoDataset(BaseDetDataset):
             # like COCO's cat_img_map: any annotation of a selected class counts, crowd ones too
             selected = self._label_lut[c['category_id']] >= 0
             has_cat = np.zeros(self._packed.num_images, bool)
-            has_cat[c['ann_image_row'][selected]] = True
+            has_cat[self._packed.ann_image_rows()[selected]] = True
             keep &= has_cat[rows]
         min_size = self.filter_cfg.get('min_size', 0)
         keep &= np.minimum(c['width'][rows], c['height'][rows]) >= min_size

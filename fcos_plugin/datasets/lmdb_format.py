@@ -41,7 +41,7 @@ URI_SCHEME = 'lmdb'
 URI_SEP = '::'
 
 IMAGE_COLUMNS = ('image_id', 'width', 'height', 'file_name', 'ann_start', 'ann_count')
-ANN_COLUMNS = ('ann_id', 'ann_image_row', 'category_id', 'bbox', 'area', 'iscrowd')
+ANN_COLUMNS = ('ann_id', 'category_id', 'bbox', 'area', 'iscrowd')
 
 
 class LmdbFormatError(ValueError):
@@ -90,31 +90,37 @@ _ENVS: dict[tuple[int, str], tuple[lmdb.Environment, int]] = {}
 _ENVS_LOCK = threading.Lock()
 
 
-def shared_env(path: str, refresh: bool = False) -> lmdb.Environment:
+def shared_env(path: str) -> lmdb.Environment:
     """A per-process cached read-only environment (py-lmdb allows one per path and process).
 
     Keyed by PID so that a DataLoader worker forked after the dataset was built opens its own handle
-    (LMDB handles must not cross ``fork``) lazily on first use. ``refresh=True`` (used when a dataset is
-    built) reopens it if the pack on disk was replaced since it was opened.
+    (LMDB handles must not cross ``fork``) lazily on first use. A handle whose pack was replaced on disk
+    since it was opened is reopened.
     """
     path = osp.abspath(path)
     key = (os.getpid(), path)
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
-        if entry is not None and refresh:
-            try:
-                current = os.stat(osp.join(path, 'data.mdb')).st_ino
-            except OSError:
-                current = -1
-            if current != entry[1]:
-                entry[0].close()
-                del _ENVS[key]
-                entry = None
         if entry is None:
             env = open_readonly(path)
             entry = (env, os.stat(osp.join(path, 'data.mdb')).st_ino)
             _ENVS[key] = entry
     return entry[0]
+
+
+def _drop_stale(path: str) -> None:
+    key = (os.getpid(), osp.abspath(path))
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            return
+        try:
+            current = os.stat(osp.join(key[1], 'data.mdb')).st_ino
+        except OSError:
+            current = -1
+        if current != entry[1]:
+            entry[0].close()
+            del _ENVS[key]
 
 
 def _close_inherited_envs() -> None:
@@ -144,8 +150,9 @@ def read_manifest(txn: lmdb.Transaction, path: str) -> dict:
                               f'not {FORMAT_NAME!r}.')
     if manifest.get('format_version') != FORMAT_VERSION:
         raise LmdbFormatError(
-            f'{path!r} was packed with format version {manifest.get("format_version")}, this fcos_plugin '
-            f'reads version {FORMAT_VERSION}. Repack it with this version\'s tools/datasets/mscoco_packer.py.')
+            f'{path!r} was packed with format version {manifest.get("format_version")}, this '
+            f'fcos_plugin reads version {FORMAT_VERSION}. Repack it with this version\'s '
+            'tools/datasets/mscoco_packer.py.')
     if not manifest.get('complete'):
         raise LmdbFormatError(f'{path!r} is marked incomplete; repack it.')
     return manifest
@@ -170,6 +177,10 @@ class PackedCoco:
     def num_images(self) -> int:
         return len(self.columns['image_id'])
 
+    def ann_image_rows(self) -> np.ndarray:
+        """(num_annotations,) image row of each annotation (annotations are grouped by image)."""
+        return np.repeat(np.arange(self.num_images), self.columns['ann_count'])
+
     def coco_dataset_dict(self) -> dict[str, Any]:
         """The split as a COCO-format dict (``images``, ``annotations``, ``categories``).
 
@@ -178,7 +189,7 @@ class PackedCoco:
         c = self.columns
         images = [dict(id=int(i), file_name=f.decode(), width=int(w), height=int(h))
                   for i, f, w, h in zip(c['image_id'], c['file_name'], c['width'], c['height'])]
-        img_ids = c['image_id'][c['ann_image_row']]
+        img_ids = c['image_id'][self.ann_image_rows()]
         annotations = [
             dict(id=int(a), image_id=int(im), category_id=int(cat), bbox=[float(v) for v in box],
                  area=float(ar), iscrowd=int(cr))
@@ -189,11 +200,20 @@ class PackedCoco:
 
 def load_packed(path: str) -> PackedCoco:
     """Read the manifest, categories and index of a packed split (not the images)."""
-    with shared_env(path, refresh=True).begin(write=False) as txn:
-        manifest = read_manifest(txn, path)
-        categories = json.loads(txn.get(CATEGORIES_KEY))
-        with np.load(io.BytesIO(txn.get(INDEX_KEY)), allow_pickle=False) as npz:
-            columns = {k: npz[k] for k in npz.files}
+    # Read through this process's cached handle if there is one; otherwise open, read and close, so the
+    # index pages do not stay mapped (and resident) in a process that only builds the dataset.
+    _drop_stale(path)
+    cached = _ENVS.get((os.getpid(), osp.abspath(path)))
+    env = cached[0] if cached else open_readonly(path)
+    try:
+        with env.begin(write=False) as txn:
+            manifest = read_manifest(txn, path)
+            categories = json.loads(txn.get(CATEGORIES_KEY))
+            with np.load(io.BytesIO(txn.get(INDEX_KEY)), allow_pickle=False) as npz:
+                columns = {k: npz[k] for k in npz.files}
+    finally:
+        if not cached:
+            env.close()
     missing = set(IMAGE_COLUMNS + ANN_COLUMNS) - set(columns)
     if missing:
         raise LmdbFormatError(f'{path!r}: index lacks columns {sorted(missing)}; repack it.')

@@ -10,9 +10,18 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fcos_plugin.datasets.demo_data import (DEMO_CATEGORIES, DEMO_CLASSES, MIN_VISIBLE_FRACTION,
-                                            OBJECTS_PER_IMAGE, SPLITS, ann_file, draw_samples,
-                                            is_complete, make_demo_dataset, render_scene)
+from fcos_plugin.datasets.demo_data import (
+    DEMO_CATEGORIES,
+    DEMO_CLASSES,
+    MIN_VISIBLE_FRACTION,
+    OBJECTS_PER_IMAGE,
+    SPLITS,
+    ann_file,
+    draw_samples,
+    is_complete,
+    make_demo_dataset,
+    render_scene,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_TRAIN, NUM_VAL = 48, 8

@@ -12,8 +12,8 @@ from mmdet.datasets import CocoDataset
 from mmdet.evaluation import CocoMetric
 from mmdet.structures import DetDataSample
 from mmengine.dataset import pseudo_collate
-from mmengine.structures import InstanceData
 from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
 from torch.utils.data import DataLoader
 
 import fcos_plugin  # noqa: F401

