@@ -1,0 +1,31 @@
+# HAT's FCOS-EfficientNet-B0: EfficientNet-B0 in its quantization-friendly form (ReLU, no SE ==
+# EfficientNet-Lite0) -> BiFPN (3 repeats, 64 ch, P3-P7) -> shared FCOS head (4x 3x3 convs, 64 ch) with
+# SimOTA-style dynamic assignment and IoU-aware centerness.
+num_classes = 80
+model = dict(
+    type='FCOS',
+    data_preprocessor=dict(type='DetDataPreprocessor', mean=[128.0, 128.0, 128.0],
+                           std=[128.0, 128.0, 128.0], bgr_to_rgb=True, pad_size_divisor=128),
+    backbone=dict(
+        # stages 2/4/6: strides 8/16/32, 40/112/320 channels; ReLU6 as the ImageNet weights were trained
+        type='EffNet', arch='lite0', out_indices=(2, 4, 6), frozen_stages=-1, norm_eval=False,
+        norm_cfg=dict(type='BN', eps=1e-3, momentum=0.01), drop_path_rate=0.0,
+        init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0')),
+    neck=dict(
+        type='BiFPNNeck', in_channels=[40, 112, 320], out_channels=64, num_outs=5, num_repeats=3,
+        use_separable=True, norm_cfg=dict(type='BN', eps=1e-3, momentum=0.01),
+        act_cfg=dict(type='ReLU')),
+    bbox_head=dict(
+        type='TunedFCOSHead', num_classes=num_classes, in_channels=64, feat_channels=64,
+        stacked_convs=4, strides=[8, 16, 32, 64, 128], use_separable=False, assign_mode='dynamic',
+        norm_cfg=dict(type='BN', eps=1e-3, momentum=0.01, requires_grad=True),
+        loss_cls=dict(type='PyFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
+        loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
+        loss_centerness=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),
+    train_cfg=dict(
+        # SimOTA-style dynamic assignment, no per-level regress ranges
+        assigner=dict(type='MatchCostSimOTAAssigner', center_radius=2.5, candidate_topk=10,
+                      cls_cost=dict(type='FocalLossCost', alpha=0.25, gamma=2.0, weight=1.0),
+                      reg_cost=dict(type='IoUCost', iou_mode='giou', weight=2.0))),
+    test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,
+                  nms=dict(type='nms', iou_threshold=0.6), max_per_img=100))

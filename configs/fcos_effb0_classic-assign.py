@@ -1,0 +1,5 @@
+# fcos_effb0 with classic FCOS targets (per-level regress ranges, centre sampling radius 1.5, geometric
+# centerness) instead of dynamic SimOTA assignment: the comparison baseline for the tuned head.
+_base_ = './fcos_effb0.py'
+model = dict(bbox_head=dict(assign_mode='classic', center_sampling=True, center_sample_radius=1.5),
+             train_cfg=dict(_delete_=True))

@@ -1,0 +1,3 @@
+from .complexity import ComplexityReport, detector_complexity
+
+__all__ = ['ComplexityReport', 'detector_complexity']
