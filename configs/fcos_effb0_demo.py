@@ -6,5 +6,8 @@ _base_ = [
     './_base_/schedules/demo_cpu.py',
     './_base_/default_runtime.py',
 ]
-model = dict(bbox_head=dict(num_classes=6))
+# short runs: BN running statistics must follow within tens of iterations (PyTorch's default momentum)
+bn = dict(type='BN', eps=1e-3, momentum=0.1)
+model = dict(backbone=dict(norm_cfg=bn), neck=dict(norm_cfg=bn),
+             bbox_head=dict(num_classes=6, norm_cfg=dict(bn, requires_grad=True)))
 optim_wrapper = dict(optimizer=dict(lr=0.02))

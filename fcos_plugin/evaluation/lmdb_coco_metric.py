@@ -37,6 +37,17 @@ class LmdbCocoMetric(CocoMetric):
         if self._coco_api is None and lmdb_path is not None:
             self._coco_api = coco_api_from_lmdb(lmdb_path)
 
+    def compute_metrics(self, results: list) -> dict:
+        """``CocoMetric.compute_metrics`` over the images that were evaluated.
+
+        ``CocoMetric`` scores every image of its annotation file; on a full split that is the same set,
+        but on a subset (``indices=...``, a quick check on a few images) the unseen images' objects
+        would all count as missed.
+        """
+        if self.img_ids is None:
+            self.img_ids = list(dict.fromkeys(gt['img_id'] for gt, _ in results))
+        return super().compute_metrics(results)
+
     @CocoMetric.dataset_meta.setter
     def dataset_meta(self, dataset_meta: dict) -> None:
         self._dataset_meta = dataset_meta

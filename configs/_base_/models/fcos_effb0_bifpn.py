@@ -9,16 +9,16 @@ model = dict(
     backbone=dict(
         # stages 2/4/6: strides 8/16/32, 40/112/320 channels; ReLU6 as the ImageNet weights were trained
         type='EffNet', arch='lite0', out_indices=(2, 4, 6), frozen_stages=-1, norm_eval=False,
-        norm_cfg=dict(type='BN', eps=1e-3, momentum=0.01), drop_path_rate=0.0,
+        norm_cfg=dict(type='BN', eps=1e-3, momentum=0.03), drop_path_rate=0.0,
         init_cfg=dict(type='Pretrained', checkpoint='efficientnet-lite0')),
     neck=dict(
         type='BiFPNNeck', in_channels=[40, 112, 320], out_channels=64, num_outs=5, num_repeats=3,
-        use_separable=True, norm_cfg=dict(type='BN', eps=1e-3, momentum=0.01),
+        use_separable=True, norm_cfg=dict(type='BN', eps=1e-3, momentum=0.03),
         act_cfg=dict(type='ReLU')),
     bbox_head=dict(
         type='TunedFCOSHead', num_classes=num_classes, in_channels=64, feat_channels=64,
         stacked_convs=4, strides=[8, 16, 32, 64, 128], use_separable=False, assign_mode='dynamic',
-        norm_cfg=dict(type='BN', eps=1e-3, momentum=0.01, requires_grad=True),
+        norm_cfg=dict(type='BN', eps=1e-3, momentum=0.03, requires_grad=True),
         loss_cls=dict(type='PyFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
         loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
         loss_centerness=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),

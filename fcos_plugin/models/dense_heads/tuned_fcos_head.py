@@ -45,6 +45,13 @@ DEFAULT_ASSIGNER = dict(
 DEFAULT_TEST_CFG = dict(
     nms_pre=1000, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)
 ASSIGN_MODES = ('dynamic', 'classic')
+# mmdet's FCOS init, except that box distances start at one stride instead of ~0. With ~0-sized
+# initial boxes every IoU in the dynamic cost is ~0, dynamic k collapses to 1 positive per object and
+# half the clamped distances get no gradient: training from this cold start crawls.
+DYNAMIC_INIT_CFG = dict(
+    type='Normal', layer='Conv2d', std=0.01,
+    override=[dict(type='Normal', name='conv_cls', std=0.01, bias_prob=0.01),
+              dict(type='Normal', name='conv_reg', std=0.01, bias=1.0)])
 
 
 @TASK_UTILS.register_module()
@@ -220,6 +227,8 @@ class TunedFCOSHead(FCOSHead):
         self.assign_mode = assign_mode
         if test_cfg is None:
             test_cfg = ConfigDict(copy.deepcopy(DEFAULT_TEST_CFG))
+        if 'init_cfg' not in kwargs and assign_mode == 'dynamic':
+            kwargs['init_cfg'] = DYNAMIC_INIT_CFG
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,
