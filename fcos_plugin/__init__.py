@@ -4,7 +4,12 @@ Importing this package registers everything into mmdet's registries (configs loa
 ``custom_imports = dict(imports=['fcos_plugin'], allow_failed_imports=False)``) and applies the
 small torch-2.14 compatibility fixes in :mod:`fcos_plugin.compat`.
 """
-from . import compat  # noqa: F401  (first: fixes must be in place before anything runs)
-from . import datasets, engine, evaluation, models  # noqa: F401
+from . import (  # noqa: F401
+    compat,  # noqa: F401  (first: fixes must be in place before anything runs)
+    datasets,
+    engine,
+    evaluation,
+    models,
+)
 
 __version__ = '0.1.0'

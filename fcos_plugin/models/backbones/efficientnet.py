@@ -21,15 +21,14 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
-from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
-
 from mmdet.models.layers import InvertedResidual
 from mmdet.models.utils import make_divisible
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class StageArgs(NamedTuple):

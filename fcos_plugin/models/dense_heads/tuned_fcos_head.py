@@ -19,10 +19,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule
-from mmengine.config import ConfigDict
-from mmengine.structures import InstanceData
-from torch import Tensor, nn
-
 from mmdet.models.dense_heads import FCOSHead
 from mmdet.models.task_modules.assigners import AssignResult, SimOTAAssigner
 from mmdet.models.task_modules.assigners.sim_ota_assigner import INF as SIMOTA_INF
@@ -30,6 +26,9 @@ from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import bbox_overlaps
 from mmdet.utils import ConfigType, InstanceList, OptConfigType, OptInstanceList, reduce_mean
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
 
 __all__ = ['MatchCostSimOTAAssigner', 'TunedFCOSHead']
 

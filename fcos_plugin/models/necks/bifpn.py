@@ -15,11 +15,10 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule
-from mmengine.model import BaseModule
-from torch import Tensor, nn
-
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from mmengine.model import BaseModule
+from torch import Tensor, nn
 
 # EfficientDet's epsilon in the fast-normalized-fusion denominator (keeps it finite when every
 # weight has been clipped to zero by the ReLU).

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from mmcv.cnn.bricks import DropPath
+from mmdet.registry import MODELS
 from mmengine.logging import MMLogger
 from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -19,9 +20,14 @@ from torchvision.models import EfficientNet_B0_Weights
 import fcos_plugin  # noqa: F401  (registers EffNet)
 from fcos_plugin.models.backbones import EffNet
 from fcos_plugin.models.backbones.efficientnet import (
-    ARCH_SETTINGS, LITE_PIXEL_MEAN, LITE_PIXEL_STD, convert_lukemelas_efficientnet,
-    convert_torchvision_efficientnet, efficientnet_lite0_checkpoint, efficientnet_spec)
-from mmdet.registry import MODELS
+    ARCH_SETTINGS,
+    LITE_PIXEL_MEAN,
+    LITE_PIXEL_STD,
+    convert_lukemelas_efficientnet,
+    convert_torchvision_efficientnet,
+    efficientnet_lite0_checkpoint,
+    efficientnet_spec,
+)
 
 COCO = '/work/shared/data/tiny_coco'
 IMAGENET_CATEGORIES = EfficientNet_B0_Weights.IMAGENET1K_V1.meta['categories']

@@ -7,6 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import DepthwiseSeparableConvModule
+from mmdet.models.dense_heads import FCOSHead
+from mmdet.models.losses import FocalLoss
+from mmdet.registry import MODELS
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import nn
@@ -15,9 +18,6 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou, generaliz
 import fcos_plugin  # noqa: F401  (registers TunedFCOSHead, PyFocalLoss, MatchCostSimOTAAssigner)
 from fcos_plugin.models.dense_heads import MatchCostSimOTAAssigner, TunedFCOSHead
 from fcos_plugin.models.losses import PyFocalLoss
-from mmdet.models.dense_heads import FCOSHead
-from mmdet.models.losses import FocalLoss
-from mmdet.registry import MODELS
 
 IMG = 128
 STRIDES = (8, 16, 32, 64, 128)

@@ -3,11 +3,11 @@ weights, gradients and parameter counts derived from the architecture."""
 import pytest
 import torch
 import torch.nn.functional as F
+from mmdet.registry import MODELS
 
 import fcos_plugin  # noqa: F401  (registers BiFPNNeck)
 from fcos_plugin.models.necks import BiFPNNeck
 from fcos_plugin.models.necks.bifpn import FUSION_EPS, FastNormalizedFusion
-from mmdet.registry import MODELS
 
 B0_CHANNELS = [40, 112, 320]  # EfficientNet-B0 / Lite0 at strides 8, 16, 32
 IN_STRIDES = [8, 16, 32]
