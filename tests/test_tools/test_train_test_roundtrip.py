@@ -60,3 +60,24 @@ def test_browse_dataset_draws_lmdb_samples(demo_packed, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(os.listdir(out))
     assert len(files) == 5 and all(f.endswith('.jpg') for f in files)
+
+
+def test_effb0_demo_train_then_test(demo_packed, tmp_path):
+    """The EfficientNet-FCOS demo config end to end: tools/train.py then tools/test.py."""
+    cfg = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
+    work = str(tmp_path / 'work')
+    small = ['train_dataloader.dataset.indices=8', 'test_dataloader.dataset.indices=8',
+             'val_dataloader.dataset.indices=8', 'train_dataloader.batch_size=4']
+    proc = subprocess.run(run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options',
+                                   *data_opts(demo_packed), *small, 'train_cfg.max_epochs=2',
+                                   'train_cfg.val_interval=2'),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run(run_tool('tools/test.py', cfg, osp.join(work, 'epoch_2.pth'), '--work-dir',
+                                   work, '--cfg-options', *data_opts(demo_packed), *small,
+                                   'model.test_cfg.score_thr=0.0'),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(osp.join(work, 'test_metrics.json')) as f:
+        metrics = json.load(f)
+    assert 'coco/bbox_mAP' in metrics
