@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""ONNX Runtime float and int8 vs PyTorch eager: latency at 1x3x512x512 on 2 CPU threads and bbox mAP
+on the demo val set, all measured in one run.
+
+    .venv/bin/python benchmarks/bench_onnx.py --ckpt CKPT [--config configs/fcos_effb0_demo.py]
+        [--data-root data/demo/] [--work-dir /tmp/bench_onnx] [--threads 2] [--runs 20]
+        [--num-calib 32] [--num-images N] [--write]
+
+The checkpoint is exported with ``tools/deploy/export_onnx.py``'s code (dynamic shapes, NMS inside)
+and quantized with ``quantize_onnx.py``'s (int8 convolutions, calibrated on the train set). Latency is
+the median of ``--runs`` end-to-end passes on the same real, normalised 512x512 image -- PyTorch
+``model.predict`` (network + post-processing + NMS) vs one ONNX Runtime ``run`` -- with the three
+backends interleaved so machine noise hits them alike. ``--write`` puts the table into
+benchmarks/RESULTS.md under "## ONNX export and int8" (replacing that section only).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import glob
+import os
+import os.path as osp
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+SECTION = '## ONNX export and int8'
+TARGET_SPEEDUP = 2.0
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--ckpt', required=True, help='checkpoint of --config')
+    parser.add_argument('--config', default=osp.join(REPO, 'configs', 'fcos_effb0_demo.py'))
+    parser.add_argument('--data-root', default=osp.join(REPO, 'data', 'demo'),
+                        help='demo LMDB pack (train_lmdb for calibration, val_lmdb for mAP)')
+    parser.add_argument('--work-dir', default='/tmp/bench_onnx')
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--runs', type=int, default=20)
+    parser.add_argument('--num-calib', type=int, default=32)
+    parser.add_argument('--num-images', type=int, help='evaluate the first N val images only')
+    parser.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
+    return parser.parse_args()
+
+
+def normalised_512(cfg, image: str) -> torch.Tensor:
+    """(1, 3, 512, 512): the image resized to 512x512 and normalised by the model's preprocessor."""
+    from mmdet.registry import MODELS
+    img = cv2.resize(cv2.imread(image), (512, 512), interpolation=cv2.INTER_LINEAR)
+    preprocessor = MODELS.build(copy.deepcopy(cfg.model.data_preprocessor))
+    batch = dict(inputs=[torch.from_numpy(img).permute(2, 0, 1).contiguous()])
+    return preprocessor(batch, False)['inputs']
+
+
+def latencies(torch_model, sessions: dict, x: torch.Tensor, runs: int) -> dict:
+    from mmdet.structures import DetDataSample
+    meta = dict(img_shape=(512, 512), ori_shape=(512, 512), scale_factor=(1.0, 1.0),
+                pad_shape=(512, 512), batch_input_shape=(512, 512))
+    samples = [DetDataSample(metainfo=meta)]
+    x_np = x.numpy()
+    fns = {'PyTorch eager': lambda: torch_model.predict(x, copy.deepcopy(samples), rescale=False)}
+    for name, sess in sessions.items():
+        fns[name] = lambda sess=sess: sess.run(None, {'input': x_np})
+    times = {k: [] for k in fns}
+    with torch.no_grad():
+        for fn in fns.values():  # warm-up
+            fn()
+        for _ in range(runs):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
+def write_section(text: str) -> str:
+    path = osp.join(REPO, 'benchmarks', 'RESULTS.md')
+    old = open(path).read() if osp.isfile(path) else '# Benchmark results\n'
+    start = old.find(SECTION + '\n')
+    if start < 0:
+        new = old.rstrip('\n') + '\n\n' + text
+    else:
+        end = old.find('\n## ', start + len(SECTION))
+        new = old[:start] + text + (old[end + 1:] if end >= 0 else '')
+        new = new.rstrip('\n') + '\n'
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(new)
+    os.replace(tmp, path)
+    return path
+
+
+def main():
+    args = parse_args()
+    import onnxruntime as ort
+    from mmdeploy.apis import build_task_processor
+
+    from fcos_plugin.deploy.api import (
+        evaluate,
+        export_onnx,
+        init_scope,
+        load_deploy_cfg,
+        load_model_cfg,
+        quantize_int8,
+    )
+    torch.set_num_threads(args.threads)
+    init_scope()
+    root = osp.abspath(args.data_root)
+    cfg = load_model_cfg(args.config, {f'{s}_dataloader.dataset.data_root': root
+                                       for s in ('train', 'val', 'test')})
+    quiet = lambda s: None  # noqa: E731
+    paths = export_onnx(cfg, args.ckpt, args.work_dir, onnx_name='fcos.onnx', force=True)
+    float_model = paths['onnx']
+    int8_model = osp.join(args.work_dir, 'fcos_int8.onnx')
+    quantize_int8(cfg, float_model, int8_model, num_calib=args.num_calib, force=True)
+
+    task = build_task_processor(copy.deepcopy(cfg), load_deploy_cfg(paths['deploy_cfg']), 'cpu')
+    torch_model = task.build_pytorch_model(args.ckpt)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(p, options, providers=['CPUExecutionProvider'])
+                for name, p in (('ORT float', float_model), ('ORT int8', int8_model))}
+    image = sorted(glob.glob(osp.join(root, 'val2017', '*.jpg')))[0]
+    lat = latencies(torch_model, sessions, normalised_512(cfg, image), args.runs)
+
+    maps = {'PyTorch eager': evaluate(cfg, torch_model, paths['deploy_cfg'], args.num_images,
+                                      log=quiet),
+            'ORT float': evaluate(cfg, float_model, indices=args.num_images, log=quiet),
+            'ORT int8': evaluate(cfg, int8_model, indices=args.num_images, log=quiet)}
+    eager = lat['PyTorch eager']
+    rows = ['| backend | latency ms (median) | speed-up vs eager | bbox mAP | mAP_50 |',
+            '|---|---|---|---|---|']
+    for name in lat:
+        m = maps[name]
+        rows.append(f'| {name} | {lat[name]:.1f} | {eager / lat[name]:.2f}x | '
+                    f'{m.get("coco/bbox_mAP", float("nan")):.3f} | '
+                    f'{m.get("coco/bbox_mAP_50", float("nan")):.3f} |')
+    speedup = eager / lat['ORT float']
+    n_val = len(glob.glob(osp.join(root, 'val2017', '*.jpg'))) if args.num_images is None \
+        else args.num_images
+    load = os.getloadavg()[0]
+    text = '\n'.join([
+        SECTION, '',
+        f'`.venv/bin/python benchmarks/bench_onnx.py --ckpt {args.ckpt} --threads {args.threads} '
+        f'--runs {args.runs} --num-calib {args.num_calib}` ({datetime.date.today()}; load average '
+        f'{load:.1f} on the 2 cores while it ran).', '',
+        f'Model: {osp.basename(args.config)}, exported end to end (NMS inside, dynamic shapes); '
+        f'int8: ONNX Runtime static QDQ quantization of the convolutions '
+        f'only (per-channel int8 weights, uint8 activations, MinMax over {args.num_calib} train '
+        f'images), post-processing float. Latency: 1x3x512x512, {args.threads} threads, '
+        f'end-to-end (network + decoding + NMS). mAP: {n_val} demo val images, the config\'s '
+        f'test pipeline.', '', *rows, '',
+        f'ORT float vs PyTorch eager: **{speedup:.2f}x** (target >= {TARGET_SPEEDUP:.0f}x: '
+        f'{"met" if speedup >= TARGET_SPEEDUP else "NOT met"}); int8 vs float: '
+        f'{lat["ORT float"] / lat["ORT int8"]:.2f}x.', ''])
+    print(text)
+    if args.write:
+        print(f'written to {write_section(text)}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Export a detector to an end-to-end ONNX model (NMS inside) with mmdeploy, for ONNX Runtime.
+
+    python tools/deploy/export_onnx.py --config CFG --ckpt CKPT --onnx-name fcos.onnx
+        [--deploy-cfg configs/deploy/detection_onnxruntime_dynamic.py] [--shape H W]
+        [--work-dir DIR] [--cfg-options k=v ...] [--force]
+
+The work directory becomes a complete mmdeploy work dir: the model, mmdeploy's SDK files
+(``deploy.json``, ``pipeline.json``, ``detail.json``), the deploy config used (``deploy_cfg.py``) and
+``export_meta.json`` (class names, shapes). Default: dynamic batch/height/width; ``--shape H W``
+exports a static model (default deploy config ``detection_onnxruntime_static-512x512.py``).
+Inputs: ``input`` (N, 3, H, W) normalised; outputs ``dets`` (N, K, 5), ``labels`` (N, K).
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from fcos_plugin.deploy.api import DeployError, export_onnx  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--config', required=True, help='model config')
+    parser.add_argument('--ckpt', required=True, help='checkpoint matching the config')
+    parser.add_argument('--onnx-name', default='end2end.onnx', help='model file name')
+    parser.add_argument('--deploy-cfg', help='mmdeploy deploy config (default: dynamic ONNX '
+                        'Runtime, or static 512x512 with --shape)')
+    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
+                        help='export a static model for this input height and width')
+    parser.add_argument('--work-dir', help='output directory (default: '
+                        'work_dirs/deploy/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override model config settings, key=value')
+    parser.add_argument('--force', action='store_true', help='overwrite existing output files')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    work_dir = args.work_dir or osp.join(
+        'work_dirs', 'deploy', osp.splitext(osp.basename(args.config))[0])
+    export_onnx(args.config, args.ckpt, work_dir, onnx_name=args.onnx_name,
+                deploy_cfg=args.deploy_cfg, shape=args.shape, force=args.force,
+                cfg_options=args.cfg_options)
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except DeployError as e:
+        raise SystemExit(f'error: {e}') from None
