@@ -25,7 +25,7 @@ CONFIGS = {
     'fcos_effb0-sep': osp.join(REPO, 'configs', 'fcos_effb0-sep.py'),
     'fcos_effb0_swish-se': osp.join(REPO, 'configs', 'fcos_effb0_swish-se.py'),
 }
-R50 = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
+R50 = 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'  # mmdet's stock config, shipped in its wheel
 EFFDET_D0 = dict(params=3.9e6, flops=2.54e9, ap=34.3)
 
 
@@ -112,7 +112,8 @@ def main() -> None:
     print(f'\n## CPU speed at {args.size}x{args.size}, {args.threads} threads (same run)\n')
     print('| model | train images/s (batch %d) | inference ms (batch 1, no NMS) |' % args.batch)
     print('|---|---|---|')
-    ref = build(R50)
+    import mmdet
+    ref = build(osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', R50))
     rows = {'mmdet FCOS-R50 (stock config)': ref,
             'fcos_effb0 (HAT recipe)': models['fcos_effb0 (HAT recipe)'],
             'fcos_effb0-sep': models['fcos_effb0-sep']}
