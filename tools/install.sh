@@ -50,6 +50,7 @@ for name, want in (('torch', '2.14.1'), ('mmcv', '2.1.0'), ('mmdeploy', '1.3.1')
     except PackageNotFoundError:
         ok = False
 try:
+    import pkg_resources  # noqa: F401  mmengine's Config needs it (setuptools < 81)
     import mmcv.ops  # noqa: F401  compiled ops must load
     import fcos_plugin  # noqa: F401
 except Exception:
@@ -62,8 +63,12 @@ then
 fi
 
 log "installing build tools and torch $TORCH_VERSION / torchvision $TORCHVISION_VERSION"
-"${PIP[@]}" install -q 'setuptools<81' wheel packaging ninja
-"${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+# setuptools: torch 2.14.1 needs >=77.0.3, and >=81 has no `pkg_resources`, which mmengine's Config imports
+# for `mmdet::` base configs and the mmcv build needs. Every pip call below carries the same pin, or pip
+# upgrades it to the newest while resolving torch (what broke CI once: the venv's 65.5 satisfied `<81`).
+SETUPTOOLS='setuptools>=77.0.3,<81'
+"${PIP[@]}" install -q "$SETUPTOOLS" wheel packaging ninja
+"${PIP[@]}" install -q "$SETUPTOOLS" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 # ---- mmcv with compiled ops, built once per torch version ----------------------------------
 TORCH_TAG=$("$PY" -c 'import sys, torch; v = torch.__version__.replace("+", "_"); print(f"torch-{v}-cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -98,4 +103,4 @@ log "installing pinned requirements"
 # mmdeploy's metadata pins protobuf<=3.20.2 and grpcio, neither needed at run time (STACK.md).
 "${PIP[@]}" install -q --no-deps "mmdeploy==1.3.1"
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
-"$PY" -c 'import mmcv.ops, mmdet, mmdeploy, fcos_plugin; print("[install] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmdeploy", mmdeploy.__version__)'
+"$PY" -c 'import pkg_resources, mmcv.ops, mmdet, mmdeploy, fcos_plugin; print("[install] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmdeploy", mmdeploy.__version__)'
