@@ -2,7 +2,10 @@
 
 What differs from mmdet's :class:`~mmdet.models.dense_heads.FCOSHead` (which this head subclasses):
 
-* a light head: 64-channel towers of 4 convs, BN, optionally depthwise-separable convs;
+* a light head: 64-channel towers of 4 convs, optionally depthwise-separable, whose conv weights
+  are shared by all levels but whose **norm layers are per level** (as EfficientDet's head and mmdet's
+  ``RTMDetSepBNHead``): one BN shared by P3-P7 would learn running statistics that mix five very
+  different feature distributions, so eval-mode outputs stop matching what training optimised;
 * dynamic SimOTA-style assignment (:class:`MatchCostSimOTAAssigner`) instead of per-level regress
   ranges: candidates are the points inside a GT box and within ``center_radius`` strides of its
   centre, cost = focal classification cost + 2 x GIoU cost, dynamic k from the top-10 IoUs;
@@ -18,7 +21,7 @@ import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule
+from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule, build_activation_layer, build_norm_layer
 from mmdet.models.dense_heads import FCOSHead
 from mmdet.models.task_modules.assigners import AssignResult, SimOTAAssigner
 from mmdet.models.task_modules.assigners.sim_ota_assigner import INF as SIMOTA_INF
@@ -179,8 +182,11 @@ class TunedFCOSHead(FCOSHead):
         strides (tuple[int]): Strides of the input levels. Defaults to (8, 16, 32, 64, 128).
         assign_mode (str): ``'dynamic'`` (SimOTA-style, ``train_cfg.assigner``) or ``'classic'``
             (mmdet FCOS targets and losses). Defaults to ``'dynamic'``.
-        use_separable (bool): Depthwise-separable tower convs (depthwise 3x3 + norm, pointwise 1x1 +
-            norm + activation). Defaults to False.
+        use_separable (bool): Depthwise-separable tower convs (depthwise 3x3, pointwise 1x1, then
+            norm + activation, as EfficientDet). Defaults to False.
+        norm_per_level (bool): Tower norm layers per level (conv weights stay shared). With BN this
+            is what keeps eval mode faithful; ``False`` shares them too, as mmdet's ``FCOSHead``
+            does (fine for GN). Defaults to True.
         regress_ranges, center_sampling, center_sample_radius: FCOS targets, used by
             ``assign_mode='classic'`` only. Defaults: FCOS ranges, True, 1.5.
         norm_on_bbox (bool): Distances in units of the level's stride. Defaults to True.
@@ -189,6 +195,7 @@ class TunedFCOSHead(FCOSHead):
         loss_bbox (dict): Defaults to ``GIoULoss`` (weight 1).
         loss_centerness (dict): Defaults to sigmoid ``CrossEntropyLoss`` (weight 1).
         norm_cfg (dict): Tower norm. Defaults to BN.
+        act_cfg (dict): Tower activation. Defaults to ReLU.
         train_cfg (dict, optional): ``assigner`` for ``'dynamic'`` mode; defaults to
             :data:`DEFAULT_ASSIGNER` (radius 2.5, top-10, focal + 2 x GIoU).
         test_cfg (dict, optional): ``nms_pre``, ``score_thr`` (on the sqrt score), ``nms``,
@@ -204,6 +211,7 @@ class TunedFCOSHead(FCOSHead):
                  strides: Tuple[int, ...] = (8, 16, 32, 64, 128),
                  assign_mode: str = 'dynamic',
                  use_separable: bool = False,
+                 norm_per_level: bool = True,
                  regress_ranges: Tuple[Tuple[float, float], ...] = FCOS_REGRESS_RANGES,
                  center_sampling: bool = True,
                  center_sample_radius: float = 1.5,
@@ -216,6 +224,7 @@ class TunedFCOSHead(FCOSHead):
                  loss_centerness: ConfigType = dict(
                      type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
                  norm_cfg: ConfigType = dict(type='BN', requires_grad=True),
+                 act_cfg: ConfigType = dict(type='ReLU'),
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  **kwargs) -> None:
@@ -223,6 +232,8 @@ class TunedFCOSHead(FCOSHead):
             raise ValueError(f'TunedFCOSHead: assign_mode={assign_mode!r}; use one of {ASSIGN_MODES}')
         # Read by _init_cls_convs/_init_reg_convs, which the parent's __init__ calls.
         self.use_separable = use_separable
+        self.norm_per_level = norm_per_level
+        self.act_cfg = act_cfg
         self.assign_mode = assign_mode
         if test_cfg is None:
             test_cfg = ConfigDict(copy.deepcopy(DEFAULT_TEST_CFG))
@@ -254,21 +265,36 @@ class TunedFCOSHead(FCOSHead):
     # layers
     # ------------------------------------------------------------------------------------------
     def _tower(self) -> nn.ModuleList:
-        """``stacked_convs`` 3x3 conv (or depthwise-separable) + norm + ReLU blocks."""
+        """``stacked_convs`` 3x3 convs (or depthwise-separable convs), shared by all levels.
+
+        Without a norm they carry a bias and the activation; with one, norm and activation follow per
+        level (:meth:`_level_norms`, :meth:`_run_tower`)."""
         tower = nn.ModuleList()
+        no_norm = self.norm_cfg is None
         for i in range(self.stacked_convs):
             chn = self.in_channels if i == 0 else self.feat_channels
+            act = self.act_cfg if no_norm else None
             if self.use_separable:
-                # Linear depthwise conv (no activation between depthwise and pointwise), as in
-                # MobileNetV2/EfficientNet blocks.
+                # Linear depthwise conv (no norm/activation between depthwise and pointwise).
                 tower.append(DepthwiseSeparableConvModule(
-                    chn, self.feat_channels, 3, padding=1, conv_cfg=self.conv_cfg,
-                    norm_cfg=self.norm_cfg, dw_act_cfg=None, bias=self.conv_bias))
+                    chn, self.feat_channels, 3, padding=1, conv_cfg=self.conv_cfg, norm_cfg=None,
+                    act_cfg=act, dw_act_cfg=None, bias=no_norm))
             else:
                 tower.append(ConvModule(
                     chn, self.feat_channels, 3, stride=1, padding=1, conv_cfg=self.conv_cfg,
-                    norm_cfg=self.norm_cfg, bias=self.conv_bias))
+                    norm_cfg=None, act_cfg=act, bias=no_norm))
         return tower
+
+    def _level_norms(self) -> Optional[nn.ModuleList]:
+        """``norms[level][i]`` follows tower conv ``i``; one set for all levels unless
+        ``norm_per_level``. None without a norm."""
+        if self.norm_cfg is None:
+            return None
+        sets = len(self.strides) if self.norm_per_level else 1
+        return nn.ModuleList(
+            nn.ModuleList(build_norm_layer(self.norm_cfg, self.feat_channels)[1]
+                          for _ in range(self.stacked_convs))
+            for _ in range(sets))
 
     def _init_cls_convs(self) -> None:
         """Classification tower."""
@@ -276,10 +302,49 @@ class TunedFCOSHead(FCOSHead):
             raise ValueError('TunedFCOSHead: dcn_on_last_conv is not supported '
                              '(the head must export to ONNX without custom ops)')
         self.cls_convs = self._tower()
+        self.cls_norms = self._level_norms()
 
     def _init_reg_convs(self) -> None:
         """Regression tower (also carries the centerness branch)."""
         self.reg_convs = self._tower()
+        self.reg_norms = self._level_norms()
+        self.tower_act = build_activation_layer(self.act_cfg)
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------
+    def forward(self, x: Tuple[Tensor, ...]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """Per-level ``cls_score``, ``bbox_pred``, ``centerness`` (see the class docstring)."""
+        return multi_apply(self.forward_single, x, self.scales, self.strides, list(range(len(x))))
+
+    def _run_tower(self, x: Tensor, convs: nn.ModuleList, norms: Optional[nn.ModuleList],
+                   level: int) -> Tensor:
+        if norms is None:
+            for conv in convs:
+                x = conv(x)
+            return x
+        level_norms = norms[level if self.norm_per_level else 0]
+        for conv, norm in zip(convs, level_norms):
+            x = self.tower_act(norm(conv(x)))
+        return x
+
+    def forward_single(self, x: Tensor, scale: nn.Module, stride: int,
+                       level: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+        """One level: mmdet ``FCOSHead.forward_single``'s outputs, with this level's norms."""
+        cls_feat = self._run_tower(x, self.cls_convs, self.cls_norms, level)
+        reg_feat = self._run_tower(x, self.reg_convs, self.reg_norms, level)
+        cls_score = self.conv_cls(cls_feat)
+        bbox_pred = self.conv_reg(reg_feat)
+        centerness = self.conv_centerness(reg_feat if self.centerness_on_reg else cls_feat)
+        # scale the bbox_pred of different level; float to avoid overflow when enabling FP16
+        bbox_pred = scale(bbox_pred).float()
+        if self.norm_on_bbox:
+            bbox_pred = bbox_pred.clamp(min=0)  # not F.relu, as mmdet (in-place relu broke autograd)
+            if not self.training:
+                bbox_pred = bbox_pred * stride
+        else:
+            bbox_pred = bbox_pred.exp()
+        return cls_score, bbox_pred, centerness
 
     # ------------------------------------------------------------------------------------------
     # training

@@ -300,9 +300,26 @@ def test_gradients_reach_every_parameter(use_separable):
     for name, param in head.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
-        if not name.startswith('scales.'):  # a level with no positive gets no box gradient
+        # a level with no positive gets no box gradient: its scale and its regression-tower norms
+        if not name.startswith(('scales.', 'reg_norms.')):
             assert param.grad.abs().sum() > 0, name
     assert sum(s.scale.grad.abs() for s in head.scales) > 0
+    assert sum(p.grad.abs().sum() for p in head.reg_norms.parameters()) > 0
+
+
+def per_level_state_dict(reference: FCOSHead) -> dict:
+    """mmdet FCOSHead weights in TunedFCOSHead's layout: tower convs as they are, each tower norm
+    copied to every level."""
+    out = {}
+    for key, value in reference.state_dict().items():
+        parts = key.split('.')
+        if parts[0] in ('cls_convs', 'reg_convs') and parts[2] == 'bn':
+            tower, layer = parts[0].replace('convs', 'norms'), parts[1]
+            for level in range(len(reference.strides)):
+                out['.'.join([tower, str(level), layer, *parts[3:]])] = value
+        else:
+            out[key] = value
+    return out
 
 
 def test_classic_mode_losses_equal_mmdet_fcos_head():
@@ -315,7 +332,7 @@ def test_classic_mode_losses_equal_mmdet_fcos_head():
                                                  alpha=0.25, loss_weight=1.0))
     ours = make_head(assign_mode='classic', **common)
     reference.init_weights()
-    ours.load_state_dict(reference.state_dict())
+    ours.load_state_dict(per_level_state_dict(reference))
     feats = make_feats(seed=3)
     batches = ([GTS[0], GTS[1]], [GTS[1], EMPTY], [EMPTY, EMPTY])
     for batch in batches:
@@ -326,7 +343,7 @@ def test_classic_mode_losses_equal_mmdet_fcos_head():
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
     # and the dynamic mode really is different on the same weights
     dynamic = make_head(**common)
-    dynamic.load_state_dict(reference.state_dict())
+    dynamic.load_state_dict(per_level_state_dict(reference))
     assert dynamic.loss_by_feat(*dynamic(feats), batches[0], METAS)['loss_cls'] != \
         reference.loss_by_feat(*reference(feats), batches[0], METAS)['loss_cls']
 
@@ -403,9 +420,9 @@ def test_predict_defaults_and_empty_output():
 # ---------------------------------------------------------------------------------------------
 def test_parameter_count_and_separable_towers():
     full = MODELS.build(dict(type='TunedFCOSHead', num_classes=80, in_channels=64))
-    towers = 2 * 4 * (64 * 64 * 9 + 2 * 64)  # conv (no bias under BN) + BN
+    towers = 2 * 4 * (64 * 64 * 9 + 5 * 2 * 64)  # shared convs (no bias under BN) + BN per level
     predictors = (64 * 80 * 9 + 80) + (64 * 4 * 9 + 4) + (64 * 9 + 1)
-    assert sum(p.numel() for p in full.parameters()) == towers + predictors + 5 == 344986
+    assert sum(p.numel() for p in full.parameters()) == towers + predictors + 5 == 349082
     sep = MODELS.build(dict(type='TunedFCOSHead', num_classes=80, in_channels=64,
                             use_separable=True))
     assert all(isinstance(m, DepthwiseSeparableConvModule)
@@ -414,6 +431,38 @@ def test_parameter_count_and_separable_towers():
     gn = make_head(norm_cfg=dict(type='GN', num_groups=8, requires_grad=True))
     outs = gn(make_feats())
     assert [o.shape[1] for o in (outs[0][0], outs[1][0], outs[2][0])] == [NUM_CLASSES, 4, 1]
+    shared = make_head(norm_per_level=False)
+    assert len(shared.cls_norms) == 1 and len(make_head().cls_norms) == len(STRIDES)
+
+
+def _eval_vs_train_gap(head: TunedFCOSHead, feats) -> float:
+    """Largest difference between eval-mode (running statistics) and training-mode (batch
+    statistics) class and centerness logits, after the running statistics have seen the inputs."""
+    head.train()
+    with torch.no_grad():
+        trained = head(feats)
+        head.eval()
+        evaluated = head(feats)
+    return max((t - e).abs().max().item() for out in (0, 2)
+               for t, e in zip(trained[out], evaluated[out]))
+
+
+def test_eval_mode_reproduces_training_with_per_level_norms():
+    """P3-P7 features have different statistics. Trained with batch statistics, the head is only
+    faithful in eval mode if each level has its own BN running statistics (EfficientDet's head);
+    one BN shared by all levels (mmdet FCOSHead's layout, norm_per_level=False) learns a mixture.
+    This is what made a demo-trained model score 0.01 mAP in eval mode while its batch-statistics
+    predictions were right."""
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(8, 16, 64 // 2 ** i, 64 // 2 ** i, generator=g) * (1 + i) + 2 * i
+             for i in range(len(STRIDES))]
+    bn = dict(type='BN', momentum=None, requires_grad=True)  # cumulative average: exact statistics
+    torch.manual_seed(0)
+    per_level = _eval_vs_train_gap(make_head(norm_cfg=bn), feats)
+    torch.manual_seed(0)
+    shared = _eval_vs_train_gap(make_head(norm_cfg=bn, norm_per_level=False), feats)
+    assert per_level < 0.05, per_level
+    assert shared > 20 * per_level, (shared, per_level)
 
 
 # ---------------------------------------------------------------------------------------------
