@@ -38,14 +38,21 @@ class LmdbCocoMetric(CocoMetric):
             self._coco_api = coco_api_from_lmdb(lmdb_path)
 
     def compute_metrics(self, results: list) -> dict:
-        """``CocoMetric.compute_metrics`` over the images that were evaluated.
+        """``CocoMetric.compute_metrics`` over the images of this evaluation, labels read in the
+        dataset's class order.
 
         ``CocoMetric`` scores every image of its annotation file; on a full split that is the same set,
         but on a subset (``indices=...``, a quick check on a few images) the unseen images' objects
-        would all count as missed.
+        would all count as missed. The set is taken anew at every evaluation.
+
+        ``CocoMetric`` maps label i to the i-th selected category *in the file's order*
+        (``get_cat_ids(cat_names=...)``), while ``LmdbCocoDataset`` gives label i to
+        ``metainfo['classes'][i]``, so with reordered classes they would disagree: the categories are
+        taken in the order of ``dataset_meta['classes']``.
         """
-        if self.img_ids is None:
-            self.img_ids = list(dict.fromkeys(gt['img_id'] for gt, _ in results))
+        self.img_ids = list(dict.fromkeys(gt['img_id'] for gt, _ in results))
+        name_to_id = {c['name']: c['id'] for c in self._coco_api.dataset['categories']}
+        self.cat_ids = [name_to_id[name] for name in self.dataset_meta['classes']]
         return super().compute_metrics(results)
 
     @CocoMetric.dataset_meta.setter

@@ -101,7 +101,9 @@ def _fake_predictions(ds, rng) -> list[DetDataSample]:
         fp = rng.uniform(0, 200, (5, 2)).astype(np.float32)
         fp = np.concatenate([fp, fp + rng.uniform(10, 150, (5, 2)).astype(np.float32)], 1)
         boxes = np.concatenate([boxes, fp])
-        labels = np.concatenate([labels, rng.integers(0, 80, 5)])
+        # false positives of random *categories*, labelled the way this dataset labels them
+        fp_cats = np.sort(ds.cat_ids)[rng.integers(0, len(ds.cat_ids), 5)]
+        labels = np.concatenate([labels, [list(ds.cat_ids).index(c) for c in fp_cats]]).astype(np.int64)
         s = DetDataSample(metainfo=dict(img_id=info['img_id'],
                                         ori_shape=(info['height'], info['width'])))
         s.pred_instances = InstanceData(
@@ -126,6 +128,49 @@ def test_metric_equals_coco_metric_with_ann_file(tiny_coco, tiny_coco_packed):
     assert results[0] == results[1]
     # crowd regions are part of the ground truth the metric sees
     assert sum(a['iscrowd'] for a in ours._coco_api.dataset['annotations']) == 5
+
+
+@pytest.mark.parametrize('classes', [('zebra', 'person', 'dog'), ('dog', 'person')])
+def test_metric_follows_reordered_and_subset_classes(tiny_coco, tiny_coco_packed, classes):
+    """Label i is ``classes[i]`` in the dataset, the metric scores it as that category: the same
+    detections score what mmdet's CocoDataset + CocoMetric give them, whatever the class order."""
+    ref_ds, ds = _pair(tiny_coco, tiny_coco_packed, test_mode=True, metainfo=dict(classes=classes))
+    # label i is classes[i]: every object's category is the one its label names
+    id_to_name = {c['id']: c['name'] for c in ds._packed.categories}
+    raw = ds._packed
+    for i in range(len(ds)):
+        info = ds.get_data_info(i)
+        cats = [id_to_name[a['category_id']] for a in raw.coco_dataset_dict()['annotations']
+                if a['image_id'] == info['img_id'] and id_to_name[a['category_id']] in classes] if i < 3 else None
+        if cats is not None:
+            assert sorted(classes[inst['bbox_label']] for inst in info['instances']) == sorted(cats)
+    results = []
+    for dataset, metric in ((ref_ds, CocoMetric(ann_file=osp.join(tiny_coco, 'annotations',
+                                                                   'instances_val2017.json'))),
+                            (ds, LmdbCocoMetric())):
+        metric.dataset_meta = dataset.metainfo
+        preds = _fake_predictions(dataset, np.random.default_rng(0))
+        metric.process({}, preds)
+        results.append(metric.evaluate(len(preds)))
+    assert results[0]['coco/bbox_mAP'] > 0.05
+    assert results[0] == results[1]
+
+
+def test_metric_recomputes_the_evaluated_images_each_time(tiny_coco_packed):
+    """One metric evaluating different image subsets (a val loop over a growing subset, say) scores
+    each evaluation on the images it saw."""
+    ds = LmdbCocoDataset(data_root=tiny_coco_packed, ann_file='val_lmdb', test_mode=True)
+    preds = _fake_predictions(ds, np.random.default_rng(0))
+    metric = LmdbCocoMetric()
+    metric.dataset_meta = ds.metainfo
+    scores = []
+    for subset in (preds[:10], preds):
+        metric.process({}, subset)
+        scores.append(metric.evaluate(len(subset)))
+    fresh = LmdbCocoMetric()
+    fresh.dataset_meta = ds.metainfo
+    fresh.process({}, preds)
+    assert scores[1] == fresh.evaluate(len(preds))
 
 
 def test_not_a_pack_is_a_clear_error(tiny_coco, tmp_path):
