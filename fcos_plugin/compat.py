@@ -19,6 +19,11 @@ Applied once, when ``fcos_plugin`` is imported.
    ``CPUCompatDistributedDataParallel`` drops ``device_ids`` for CPU modules.
 5. mmcv here is built without CUDA kernels: for CUDA tensors ``mmcv.ops.nms`` (used by ``batched_nms``)
    falls back to torchvision's CUDA NMS.
+6. Harmless upstream warnings that bury a run's progress are silenced by exact message, nothing else:
+   ``pkg_resources`` deprecation (mmengine 0.10.7 imports it; setuptools < 81 is pinned on purpose),
+   ``torch.meshgrid`` without ``indexing`` (mmdet 3.3.0's point generators rely on the default 'ij'),
+   mmengine's ``LocalVisBackend`` without ``save_dir`` (a visualizer used for drawing only) and
+   "bbox/polygon is out of bounds" (mmengine's drawing clips them; predictions may reach past the image).
 """
 from __future__ import annotations
 
@@ -189,8 +194,25 @@ def patch_nms() -> None:
     _APPLIED.add('nms')
 
 
+# ----------------------------------------------------------------------------------------------------
+# 6. harmless upstream warnings
+# ----------------------------------------------------------------------------------------------------
+HARMLESS_WARNINGS = (
+    r'pkg_resources is deprecated as an API',
+    r'torch\.meshgrid: in an upcoming release, it will be required to pass the indexing argument',
+    r'Failed to add <class \'mmengine\.visualization\.vis_backend\.LocalVisBackend\'>',
+    r'.*The (bbox|polygon) is out of bounds, the drawn (bbox|polygon) may not be in the image',
+)
+
+
+def silence_harmless_warnings() -> None:
+    import warnings
+    for message in HARMLESS_WARNINGS:
+        warnings.filterwarnings('ignore', message=message)
+
+
 PATCHES = {'checkpoint': patch_checkpoint_loading, 'onnx': patch_onnx_export, 'dist': patch_dist_init,
-           'nms': patch_nms}
+           'nms': patch_nms, 'warnings': silence_harmless_warnings}
 
 
 def apply_all() -> None:

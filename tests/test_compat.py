@@ -16,7 +16,7 @@ from fcos_plugin.compat import UnsafeCheckpointError
 
 from .conftest import REPO, run_tool
 
-CFG = osp.join(REPO, 'configs', 'fcos_r18_demo.py')
+CFG = osp.join(REPO, 'tests', 'configs', 'fcos_r18_epochs.py')
 
 
 def _py(code: str, disable: str = '', cwd: str = REPO) -> subprocess.CompletedProcess:
@@ -149,3 +149,28 @@ def test_two_process_cpu_ddp_training(demo_packed, tmp_path):
     proc = torchrun('dist')
     assert proc.returncode != 0
     assert 'NVIDIA driver' in proc.stdout + proc.stderr or 'CUDA' in proc.stdout + proc.stderr
+
+
+def test_harmless_upstream_warnings_are_silenced_and_only_those():
+    """Each silenced warning is still raised upstream (fix 'warnings' off), none reaches the user with
+    it on, and an unrelated UserWarning still does."""
+    code = '''
+        import warnings
+        warnings.simplefilter('default')
+        import fcos_plugin, numpy as np, torch
+        from mmengine.utils import is_installed
+        from mmengine.visualization import Visualizer
+        is_installed('mmdet')                                   # mmengine imports pkg_resources
+        torch.meshgrid(torch.arange(2), torch.arange(2))        # as mmdet's point generators call it
+        Visualizer(vis_backends=[dict(type='LocalVisBackend')])  # no save_dir: a drawing-only visualizer
+        v = Visualizer(image=np.zeros((8, 8, 3), np.uint8))
+        v.draw_bboxes(torch.tensor([[0., 0., 12., 12.]]))       # a box reaching past the image
+        warnings.warn('an unrelated warning')
+    '''
+    with_fix = _py(code)
+    assert with_fix.returncode == 0, with_fix.stderr[-2000:]
+    without = _py(code, disable='warnings')
+    for message in ('pkg_resources is deprecated', 'torch.meshgrid', 'LocalVisBackend', 'out of bounds'):
+        assert message in without.stderr, (message, without.stderr[-2000:])
+        assert message not in with_fix.stderr, (message, with_fix.stderr[-2000:])
+    assert 'an unrelated warning' in with_fix.stderr
