@@ -6,5 +6,3 @@ custom_imports = dict(imports=['fcos_plugin'], allow_failed_imports=False)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'))
-# a DDP wrapper that also works for CPU (gloo) processes; identical to mmengine's on GPUs
-model_wrapper_cfg = dict(type='CPUCompatDistributedDataParallel')

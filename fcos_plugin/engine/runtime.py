@@ -8,7 +8,8 @@ from mmengine.config import Config
 
 
 def adapt_cfg_to_machine(cfg: Config) -> Config:
-    """Adjust device-specific settings in place when no CUDA device is present.
+    """Adjust device-specific settings in place when no CUDA device is present (on GPUs the config
+    is left exactly as written, so mmengine's own DDP wrapper and settings apply).
 
     * distributed runs use the ``gloo`` backend and a DDP wrapper without ``device_ids``
       (:class:`fcos_plugin.compat.CPUCompatDistributedDataParallel`);
@@ -21,7 +22,10 @@ def adapt_cfg_to_machine(cfg: Config) -> Config:
     if distributed:
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
         if cfg.get('model_wrapper_cfg') is None:
-            cfg.model_wrapper_cfg = dict(type='CPUCompatDistributedDataParallel')
+            # what mmengine's default wrapper gets, minus the device_ids CPU modules cannot take
+            cfg.model_wrapper_cfg = dict(
+                type='CPUCompatDistributedDataParallel', broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False))
     if cfg.get('sync_bn'):
         warnings.warn('no CUDA device: sync_bn disabled (SyncBatchNorm needs CUDA)')
         cfg.sync_bn = None
