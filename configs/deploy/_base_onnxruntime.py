@@ -14,6 +14,9 @@ codebase_config = dict(
     type='mmdet',
     task='ObjectDetection',
     model_type='end2end',
+    # mmdeploy imports these itself, so its own tools/deploy.py and apis.torch2onnx get the plugin's
+    # rewriters (TunedFCOSHead's score and thresholds) without anyone importing fcos_plugin.deploy
+    module=['fcos_plugin.deploy'],
     # For TunedFCOSHead the model's test_cfg wins (fcos_plugin/deploy/rewriters.py): score_thr,
     # nms iou_threshold, nms_pre, max_per_img and min_bbox_size come from it, and no pre_top_k /
     # per-class cap is applied, so the graph keeps exactly what PyTorch keeps.

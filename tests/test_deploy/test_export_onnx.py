@@ -59,10 +59,31 @@ def test_work_dir_is_a_complete_mmdeploy_work_dir(demo_onnx):
     with open(osp.join(work, 'export_meta.json')) as f:
         meta = json.load(f)
     assert meta['classes'] == list(DEMO_CLASSES)
-    # 320x320 test images padded to the BiFPN's multiple of 128: the graph must know both
-    assert meta['pipeline_img_shape'] == [320, 320] and meta['pipeline_input_shape'] == [384, 384]
+    # 320x320 test images, padded to the data preprocessor's multiple of 32: the graph knows both
+    assert meta['pipeline_img_shape'] == [320, 320] and meta['pipeline_input_shape'] == [320, 320]
     from fcos_plugin.deploy.api import load_deploy_cfg
     assert load_deploy_cfg(osp.join(work, 'deploy_cfg.py')).fcos_plugin.pipeline_img_shape == [320, 320]
+
+
+def test_mmdeploys_own_api_gets_the_plugin_rewriters(demo_ckpt, demo_packed, tmp_path):
+    """mmdeploy's torch2onnx (what its tools/deploy.py runs) with our deploy config, in a process that
+    never imports fcos_plugin.deploy itself: the deploy config's codebase_config.module loads the
+    rewriters, so the graph has the head's sqrt score (stock mmdeploy's FCOS rewrite has none)."""
+    img = sorted(glob.glob(osp.join(demo_packed, 'val2017', '*.jpg')))[0]
+    code = f'''
+import sys
+from mmdeploy.apis import torch2onnx
+assert 'fcos_plugin.deploy' not in sys.modules
+torch2onnx({img!r}, {str(tmp_path)!r}, 'm.onnx',
+           {osp.join(REPO, 'configs', 'deploy', 'detection_onnxruntime_dynamic.py')!r}, {DEMO_CFG!r},
+           {demo_ckpt!r}, device='cpu')
+print('rewriters loaded:', 'fcos_plugin.deploy' in sys.modules)
+'''
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'rewriters loaded: True' in proc.stdout
+    ops = {n.op_type for n in onnx.load(str(tmp_path / 'm.onnx')).graph.node}
+    assert 'Sqrt' in ops and 'NonMaxSuppression' in ops
 
 
 @pytest.mark.parametrize('shape', [(1, 3, 512, 512), (1, 3, 480, 640), (2, 3, 384, 384)])
