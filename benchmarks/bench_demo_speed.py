@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Where a training iteration of the demo detector spends its time, and what layout/size buy.
+
+    .venv/bin/python benchmarks/bench_demo_speed.py [--config configs/fcos_effb0_demo.py] [--iters 5]
+
+One real batch of the config's train dataloader (data/demo must be packed: tools/run_demo.sh) is fed
+through forward + loss + backward + SGD step, timed per stage, for several variants of the same model
+in one process: the previous demo setting (inputs padded to 384, NCHW), inputs padded to 32 only
+(320x320), and 320 in ``channels_last`` (what :class:`fcos_plugin.engine.ChannelsLastHook` turns on).
+Prints a Markdown table with ratios against the first variant.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os.path as osp
+import time
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+
+import fcos_plugin  # noqa: F401
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def stage_times(model, data: dict, iters: int) -> dict[str, float]:
+    """Median seconds per stage over ``iters`` steps (after one warm-up step)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    model.train()
+    rows = []
+    for i in range(iters + 1):
+        t0 = time.perf_counter()
+        batch = model.data_preprocessor(copy.copy(data), True)
+        t1 = time.perf_counter()
+        feats = model.extract_feat(batch['inputs'])
+        t2 = time.perf_counter()
+        outs = model.bbox_head(feats)
+        t3 = time.perf_counter()
+        gts = [s.gt_instances for s in batch['data_samples']]
+        metas = [s.metainfo for s in batch['data_samples']]
+        losses = model.bbox_head.loss_by_feat(*outs, gts, metas)
+        loss, _ = model.parse_losses(losses)
+        t4 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        t5 = time.perf_counter()
+        if i:
+            rows.append(dict(preprocess=t1 - t0, backbone_neck=t2 - t1, head=t3 - t2,
+                             assign_loss=t4 - t3, backward_step=t5 - t4, total=t5 - t0))
+    return {k: float(torch.tensor([r[k] for r in rows]).median()) for k in rows[0]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', default=osp.join(REPO, 'configs', 'fcos_effb0_demo.py'))
+    p.add_argument('--iters', type=int, default=5)
+    p.add_argument('--threads', type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = Config.fromfile(args.config)
+    init_default_scope('mmdet')
+    cfg.train_dataloader.num_workers = 0
+    cfg.train_dataloader.persistent_workers = False
+    data = next(iter(Runner.build_dataloader(cfg.train_dataloader)))
+    batch = len(data['inputs'])
+    from mmdet.registry import MODELS
+    variants = {
+        'pad to 128 (384x384), NCHW': (128, False),
+        'pad to 32 (320x320), NCHW': (32, False),
+        'pad to 32 (320x320), channels_last': (32, True),
+    }
+    results = {}
+    for name, (divisor, channels_last) in variants.items():
+        model_cfg = copy.deepcopy(cfg.model)
+        model_cfg.data_preprocessor.pad_size_divisor = divisor
+        model_cfg.backbone.init_cfg = None  # speed does not depend on the weights
+        torch.manual_seed(0)
+        model = MODELS.build(model_cfg)
+        model.init_weights()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        results[name] = stage_times(model, data, args.iters)
+        print(f'{name}: {results[name]["total"]:.2f} s/iteration', flush=True)
+    stages = list(next(iter(results.values())))
+    print(f'\nbatch {batch}, {args.threads} threads, median of {args.iters} steps, seconds per stage\n')
+    print('| variant | ' + ' | '.join(stages) + ' | speed-up |')
+    print('|---|' + '---|' * (len(stages) + 1))
+    base = next(iter(results.values()))['total']
+    for name, r in results.items():
+        print(f'| {name} | ' + ' | '.join(f'{r[s]:.3f}' for s in stages) + f' | {base / r["total"]:.2f}x |')
+
+
+if __name__ == '__main__':
+    main()
