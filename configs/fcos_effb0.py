@@ -7,3 +7,7 @@ _base_ = [
     './_base_/schedules/sgd_cosine_300e.py',
     './_base_/default_runtime.py',
 ]
+# Drawing threshold of tools/test.py --show-dir. The score is sqrt(cls x centerness): mmdet's default
+# 0.3 means cls x centerness >= 0.09 and draws the weak other-class guesses focal loss leaves at each
+# object (benchmarks/RESULTS.md, "Demo recipe"); 0.5 shows each object once, with its name.
+default_hooks = dict(visualization=dict(score_thr=0.5))

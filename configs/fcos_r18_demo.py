@@ -3,7 +3,7 @@
 _base_ = [
     './_base_/datasets/demo_lmdb_detection.py',
     './_base_/schedules/demo_cpu.py',
-    './_base_/default_runtime.py',
+    './_base_/demo_runtime.py',
 ]
 model = dict(
     type='FCOS',

@@ -43,3 +43,40 @@ def demo_packed(tmp_path_factory) -> str:
     for split in ('train', 'val'):
         pack_coco(root, root, split, progress=False, log=lambda s: None)
     return root
+
+
+#: The seeded short training every learning/deploy check shares (one per test session).
+LEARN_ITERS = 100
+LEARN_DATA = dict(num_train=160, num_val=40)
+
+
+@pytest.fixture(scope='session')
+def demo_trained(tmp_path_factory) -> dict:
+    """fcos_effb0_demo.py as shipped (Lite0 weights, AdamW schedule, seed 0, deterministic), trained
+    ``LEARN_ITERS`` iterations of 8 images by tools/train.py on a 160/40-image demo pack, validated at
+    the end. Returns ``data_root``, ``work_dir``, ``checkpoint`` and the final val ``metrics``."""
+    import glob
+    import json
+    import subprocess
+
+    from fcos_plugin.datasets import pack_coco
+    from fcos_plugin.datasets.demo_data import make_demo_dataset
+    root = str(tmp_path_factory.mktemp('demo_learn'))
+    make_demo_dataset(root, seed=0, **LEARN_DATA)
+    for split in ('train', 'val'):
+        pack_coco(root, root, split, progress=False, log=lambda s: None)
+    work = osp.join(root, 'work')
+    opts = [f'{k}_dataloader.dataset.data_root={root}/' for k in ('train', 'val', 'test')]
+    opts += [f'train_cfg.max_iters={LEARN_ITERS}', f'train_cfg.val_interval={LEARN_ITERS}',
+             f'param_scheduler.1.end={LEARN_ITERS}', f'param_scheduler.1.T_max={LEARN_ITERS}',
+             'default_hooks.checkpoint.save_best=None']
+    proc = subprocess.run(run_tool('tools/train.py', osp.join(REPO, 'configs', 'fcos_effb0_demo.py'),
+                                   '--work-dir', work, '--cfg-options', *opts),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = sorted(glob.glob(osp.join(work, '2*', 'vis_data', 'scalars.json')))
+    with open(logs[-1]) as f:
+        records = [json.loads(line) for line in f]
+    metrics = [r for r in records if 'coco/bbox_mAP' in r][-1]
+    return dict(data_root=root, work_dir=work, checkpoint=osp.join(work, f'iter_{LEARN_ITERS}.pth'),
+                metrics=metrics, log=records, output=proc.stdout + proc.stderr)

@@ -78,7 +78,7 @@ have_mmcv() { "$PY" -c 'import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ !=
 if ! have_mmcv; then
   WHL=$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$WHL" ]; then
-    log "building mmcv $MMCV_VERSION with compiled ops against $TORCH_TAG (~10 min on 2 cores, once)"
+    log "building mmcv $MMCV_VERSION with compiled ops against $TORCH_TAG (~17 min on 2 cores, once)"
     BUILD=$(mktemp -d)
     trap 'rm -rf "$BUILD"' EXIT
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$BUILD"

@@ -1,3 +1,4 @@
+from .hooks import ChannelsLastHook
 from .runtime import adapt_cfg_to_machine
 
-__all__ = ['adapt_cfg_to_machine']
+__all__ = ['ChannelsLastHook', 'adapt_cfg_to_machine']

@@ -48,7 +48,7 @@ def train(cfg_path: str, data_root: str, work_dir: str, *options: str) -> str:
                    *options)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ckpts = sorted(glob.glob(osp.join(work_dir, 'epoch_*.pth')))
+    ckpts = sorted(glob.glob(osp.join(work_dir, '*_*.pth')), key=osp.getmtime)
     assert ckpts, f'no checkpoint in {work_dir}'
     return ckpts[-1]
 
@@ -67,7 +67,7 @@ def demo_ckpt(demo_packed, tmp_path_factory) -> str:
     """FCOS-EfficientNet-B0 (fcos_effb0_demo.py) after 2 iterations on the demo pack: weak, so its
     scores sit right where mmdet's and mmdeploy's thresholds disagree."""
     return train(DEMO_CFG, demo_packed, str(tmp_path_factory.mktemp('demo_train')),
-                 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
+                 'train_cfg.max_iters=2', 'train_dataloader.batch_size=4',
                  'train_dataloader.dataset.indices=8')
 
 

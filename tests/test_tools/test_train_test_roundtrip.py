@@ -11,7 +11,7 @@ import numpy as np
 
 from ..conftest import REPO, run_tool
 
-CFG = osp.join(REPO, 'configs', 'fcos_r18_demo.py')
+CFG = osp.join(REPO, 'tests', 'configs', 'fcos_r18_epochs.py')
 
 
 def data_opts(root: str) -> list[str]:
@@ -69,11 +69,11 @@ def test_effb0_demo_train_then_test(demo_packed, tmp_path):
     small = ['train_dataloader.dataset.indices=8', 'test_dataloader.dataset.indices=8',
              'val_dataloader.dataset.indices=8', 'train_dataloader.batch_size=4']
     proc = subprocess.run(run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options',
-                                   *data_opts(demo_packed), *small, 'train_cfg.max_epochs=2',
-                                   'train_cfg.val_interval=2'),
+                                   *data_opts(demo_packed), *small, 'train_cfg.max_iters=4',
+                                   'train_cfg.val_interval=4'),
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    proc = subprocess.run(run_tool('tools/test.py', cfg, osp.join(work, 'epoch_2.pth'), '--work-dir',
+    proc = subprocess.run(run_tool('tools/test.py', cfg, osp.join(work, 'iter_4.pth'), '--work-dir',
                                    work, '--cfg-options', *data_opts(demo_packed), *small,
                                    'model.test_cfg.score_thr=0.0'),
                           capture_output=True, text=True, cwd=REPO)

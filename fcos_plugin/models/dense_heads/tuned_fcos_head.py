@@ -376,30 +376,10 @@ class TunedFCOSHead(FCOSHead):
         if self.assign_mode == 'classic':
             return super().loss_by_feat(cls_scores, bbox_preds, centernesses, batch_gt_instances,
                                         batch_img_metas, batch_gt_instances_ignore)
-        assert len(cls_scores) == len(bbox_preds) == len(centernesses)
-        num_imgs = cls_scores[0].size(0)
-        featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
-        # (P, 4): x, y, stride_w, stride_h over all levels -- every level competes for every GT.
-        priors = torch.cat(self.prior_generator.grid_priors(
-            featmap_sizes, dtype=bbox_preds[0].dtype, device=bbox_preds[0].device,
-            with_stride=True))
-
-        flat_cls = torch.cat([
-            c.permute(0, 2, 3, 1).reshape(num_imgs, -1, self.cls_out_channels)
-            for c in cls_scores], dim=1)  # (N, P, C)
-        flat_bbox = torch.cat([
-            b.permute(0, 2, 3, 1).reshape(num_imgs, -1, 4) for b in bbox_preds], dim=1)
-        flat_ctr = torch.cat([
-            c.permute(0, 2, 3, 1).reshape(num_imgs, -1) for c in centernesses], dim=1)  # (N, P)
-        distances = flat_bbox * priors[:, [2, 3, 2, 3]] if self.norm_on_bbox else flat_bbox
-        decoded = self.bbox_coder.decode(
-            priors[:, :2].expand(num_imgs, -1, -1), distances)  # (N, P, 4) pixels
-
-        labels, bbox_targets = multi_apply(
-            self._get_dynamic_targets_single, flat_cls.detach(), decoded.detach(),
-            batch_gt_instances, priors=priors)
-        labels = torch.stack(labels).reshape(-1)
-        bbox_targets = torch.stack(bbox_targets).reshape(-1, 4)
+        t = self.get_dynamic_targets(cls_scores, bbox_preds, centernesses, batch_gt_instances)
+        flat_cls, flat_bbox, flat_ctr, decoded = t['cls'], t['bbox'], t['centerness'], t['decoded']
+        labels = t['labels'].reshape(-1)
+        bbox_targets = t['bbox_targets'].reshape(-1, 4)
 
         pos_inds = ((labels >= 0) & (labels < self.num_classes)).nonzero().reshape(-1)
         num_pos = torch.tensor(len(pos_inds), dtype=torch.float, device=flat_cls.device)
@@ -415,11 +395,56 @@ class TunedFCOSHead(FCOSHead):
             iou_targets = bbox_overlaps(pos_decoded.detach(), pos_targets, is_aligned=True)
             loss_centerness = self.loss_centerness(
                 flat_ctr.reshape(-1)[pos_inds], iou_targets, avg_factor=num_pos)
+            pos_iou = iou_targets.mean()
         else:
             # Zero, but still attached to the graph so every parameter gets a (zero) gradient.
             loss_bbox = flat_bbox.sum() * 0
             loss_centerness = flat_ctr.sum() * 0
-        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_centerness=loss_centerness)
+            pos_iou = flat_ctr.new_zeros(())
+        # Assignment statistics, logged beside the losses (no 'loss' in the name, so not summed
+        # into the loss): positives per ground-truth object and their mean IoU with it.
+        num_gts = sum(len(gt) for gt in batch_gt_instances)
+        pos_per_gt = flat_ctr.new_tensor(len(pos_inds) / max(num_gts, 1))
+        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_centerness=loss_centerness,
+                    pos_per_gt=pos_per_gt, pos_iou=pos_iou)
+
+    def get_dynamic_targets(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
+                            centernesses: List[Tensor],
+                            batch_gt_instances: InstanceList) -> Dict[str, Tensor]:
+        """Flattened head outputs over all levels and their dynamic assignment.
+
+        Args: as :meth:`loss_by_feat`.
+
+        Returns:
+            dict[str, Tensor]: ``priors`` (P, 4) ``(x, y, stride_w, stride_h)``; ``level`` (P,) level
+            index of each point; ``cls`` (N, P, C) logits; ``bbox`` (N, P, 4) raw distances;
+            ``centerness`` (N, P) logits; ``decoded`` (N, P, 4) predicted boxes in pixels;
+            ``labels`` (N, P) with ``num_classes`` for background; ``bbox_targets`` (N, P, 4).
+        """
+        assert len(cls_scores) == len(bbox_preds) == len(centernesses)
+        num_imgs = cls_scores[0].size(0)
+        featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
+        # (P, 4): x, y, stride_w, stride_h over all levels -- every level competes for every GT.
+        mlvl_priors = self.prior_generator.grid_priors(
+            featmap_sizes, dtype=bbox_preds[0].dtype, device=bbox_preds[0].device, with_stride=True)
+        priors = torch.cat(mlvl_priors)
+        level = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=priors.device)
+                           for i, p in enumerate(mlvl_priors)])
+        flat_cls = torch.cat([
+            c.permute(0, 2, 3, 1).reshape(num_imgs, -1, self.cls_out_channels)
+            for c in cls_scores], dim=1)  # (N, P, C)
+        flat_bbox = torch.cat([
+            b.permute(0, 2, 3, 1).reshape(num_imgs, -1, 4) for b in bbox_preds], dim=1)
+        flat_ctr = torch.cat([
+            c.permute(0, 2, 3, 1).reshape(num_imgs, -1) for c in centernesses], dim=1)  # (N, P)
+        distances = flat_bbox * priors[:, [2, 3, 2, 3]] if self.norm_on_bbox else flat_bbox
+        decoded = self.bbox_coder.decode(
+            priors[:, :2].expand(num_imgs, -1, -1), distances)  # (N, P, 4) pixels
+        labels, bbox_targets = multi_apply(
+            self._get_dynamic_targets_single, flat_cls.detach(), decoded.detach(),
+            batch_gt_instances, priors=priors)
+        return dict(priors=priors, level=level, cls=flat_cls, bbox=flat_bbox, centerness=flat_ctr,
+                    decoded=decoded, labels=torch.stack(labels), bbox_targets=torch.stack(bbox_targets))
 
     def _get_dynamic_targets_single(self, cls_logits: Tensor, decoded_bboxes: Tensor,
                                     gt_instances: InstanceData,

@@ -243,7 +243,7 @@ def test_losses_finite_and_composed_as_specified():
     feats = make_feats()
     outs = head(feats)
     losses = head.loss_by_feat(*outs, GTS, METAS)
-    assert set(losses) == {'loss_cls', 'loss_bbox', 'loss_centerness'}
+    assert set(losses) == {'loss_cls', 'loss_bbox', 'loss_centerness', 'pos_per_gt', 'pos_iou'}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
 
     # Rebuild each term from the assignment with torchvision / torch functions.
@@ -277,6 +277,9 @@ def test_losses_finite_and_composed_as_specified():
     torch.testing.assert_close(
         losses['loss_centerness'],
         F.binary_cross_entropy_with_logits(ctr_all[pos], iou, reduction='sum') / num_pos)
+    # the logged assignment statistics describe this very assignment
+    torch.testing.assert_close(losses['pos_per_gt'], torch.tensor(num_pos / (len(GTS[0]) + len(GTS[1]))))
+    torch.testing.assert_close(losses['pos_iou'], iou.mean())
 
 
 def test_image_without_objects_gives_zero_box_loss():
@@ -489,7 +492,7 @@ def test_overfits_one_synthetic_image():
             x = block(x)
             feats.append(x)
         losses = head.loss_by_feat(*head(feats), copy.deepcopy(gts), metas)
-        total = sum(losses.values())
+        total = sum(v for k, v in losses.items() if k.startswith('loss'))
         optim.zero_grad()
         total.backward()
         optim.step()
