@@ -18,7 +18,7 @@ from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
 from fcos_plugin.compat import UnsafeCheckpointError
-from fcos_plugin.engine import adapt_cfg_to_machine
+from fcos_plugin.engine import NonFiniteLossError, adapt_cfg_to_machine
 
 
 def parse_args():
@@ -72,5 +72,5 @@ def main():
 if __name__ == '__main__':
     try:
         main()
-    except UnsafeCheckpointError as e:
+    except (UnsafeCheckpointError, NonFiniteLossError) as e:
         raise SystemExit(f'error: {e}') from None

@@ -5,4 +5,6 @@ custom_imports = dict(imports=['fcos_plugin'], allow_failed_imports=False)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'))
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
+    # the first NaN/Inf loss term stops training before anything is saved (fcos_plugin.engine.hooks)
+    check_loss=dict(type='StopOnNonFiniteLossHook', interval=1))

@@ -62,3 +62,26 @@ def test_channels_last_hook_converts_the_model_and_keeps_its_outputs():
     for a, b in zip(sum(ref, []), sum(out, [])):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     ChannelsLastHook(enabled=False).before_run(runner)  # switched off: nothing happens, no error
+
+
+def test_nan_loss_stops_training_named_and_nothing_non_finite_is_saved(demo_packed, tmp_path):
+    """lr=1e6 (as a user once tried on fcos_r18_demo): the run stops at the first non-finite loss with
+    a message naming epoch, iteration and term, exit status 1, and no checkpoint holds NaN/Inf."""
+    import glob
+    import subprocess
+
+    from ..conftest import run_tool
+    work = str(tmp_path / 'work')
+    opts = [f'{k}_dataloader.dataset.data_root={demo_packed}' for k in ('train', 'val', 'test')]
+    opts += ['optim_wrapper.optimizer.lr=1e6', 'train_dataloader.batch_size=4', 'train_dataloader.num_workers=0',
+             'train_dataloader.persistent_workers=False', 'train_dataloader.dataset.indices=16',
+             'train_cfg.max_epochs=3', 'train_cfg.val_interval=10']
+    proc = subprocess.run(run_tool('tools/train.py', osp.join(REPO, 'tests', 'configs', 'fcos_r18_epochs.py'),
+                                   '--work-dir', work, '--cfg-options', *opts),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'error: non-finite loss at epoch ' in proc.stderr and ', iteration ' in proc.stderr
+    assert 'loss' in proc.stderr.split('non-finite loss at')[1] and 'Traceback' not in proc.stderr
+    for ckpt in glob.glob(osp.join(work, '*.pth')):
+        state = torch.load(ckpt, map_location='cpu')['state_dict']
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
