@@ -24,7 +24,16 @@ from mmdet.datasets import BaseDetDataset
 from mmdet.registry import DATASETS
 from mmengine.fileio import BaseStorageBackend, register_backend
 
-from .lmdb_format import URI_SCHEME, PackedCoco, image_uri, load_packed, seg_key, shared_env, split_uri
+from .lmdb_format import (
+    URI_SCHEME,
+    LmdbFormatError,
+    PackedCoco,
+    image_uri,
+    load_packed,
+    seg_key,
+    shared_env,
+    split_uri,
+)
 
 
 @register_backend('fcos_plugin_lmdb', prefixes=URI_SCHEME)
@@ -68,12 +77,33 @@ class LmdbCocoDataset(BaseDetDataset):
     def __init__(self, *args, ann_file: str = '', data_root: Optional[str] = '',
                  metainfo: Optional[dict] = None, with_mask: Optional[bool] = None, **kwargs) -> None:
         self.lmdb_path = osp.abspath(osp.join(data_root or '', ann_file)) if ann_file else ''
+        self._with_mask_arg = with_mask
+        metainfo = dict(metainfo or {})
+        try:
+            self._open_pack(metainfo)
+        except LmdbFormatError:
+            # BaseDataset's lazy_init=True promises not to touch the annotations: mmdet's DetInferencer
+            # builds the test set that way only to read its metainfo (palette), on machines that
+            # need not hold the pack. The pack is opened (and its error raised) by full_init().
+            if not kwargs.get('lazy_init', False):
+                raise
+            self._packed = None
+            self.with_mask = bool(with_mask)
+            metainfo.setdefault('palette', _palette(len(metainfo.get('classes', ()))))
+        kwargs['serialize_data'] = False  # the index is already a few compact arrays
+        super().__init__(*args, ann_file=ann_file, data_root=data_root, metainfo=metainfo, **kwargs)
+        # after super(): mmengine would try to read a string metainfo value as a meta file.
+        # Evaluators receive the metainfo, so LmdbCocoMetric finds its ground truth through this key.
+        self._metainfo['lmdb_path'] = self.lmdb_path
+
+    def _open_pack(self, metainfo: dict) -> None:
+        """Open the pack and complete ``metainfo`` (in place) with its classes and a palette."""
         self._packed: PackedCoco = load_packed(self.lmdb_path)
+        with_mask = self._with_mask_arg
         self.with_mask = self._packed.manifest['with_segmentation'] if with_mask is None else with_mask
         if self.with_mask and not self._packed.manifest['with_segmentation']:
             raise ValueError(f'{self.lmdb_path} was packed without segmentations; repack with '
                              '--with-segmentation or set with_mask=False.')
-        metainfo = dict(metainfo or {})
         names = [c['name'] for c in self._packed.categories]
         metainfo.setdefault('classes', tuple(names))
         metainfo.setdefault('palette', _palette(len(metainfo['classes'])))
@@ -81,11 +111,14 @@ class LmdbCocoDataset(BaseDetDataset):
         if unknown:
             raise ValueError(f'classes {sorted(unknown)} are not categories of {self.lmdb_path} '
                              f'(it has {names})')
-        kwargs['serialize_data'] = False  # the index is already a few compact arrays
-        super().__init__(*args, ann_file=ann_file, data_root=data_root, metainfo=metainfo, **kwargs)
-        # after super(): mmengine would try to read a string metainfo value as a meta file.
-        # Evaluators receive the metainfo, so LmdbCocoMetric finds its ground truth through this key.
-        self._metainfo['lmdb_path'] = self.lmdb_path
+
+    def full_init(self) -> None:
+        """``BaseDataset.full_init``, opening the pack first if ``lazy_init`` deferred it."""
+        if self._fully_initialized:
+            return
+        if self._packed is None:
+            self._open_pack(self._metainfo)
+        super().full_init()
 
     # -- index ----------------------------------------------------------------------------------------
     def load_data_list(self) -> np.ndarray:  # type: ignore[override]

@@ -38,7 +38,8 @@ def test_training_curve_picture_from_an_mmengine_log(tmp_path):
             f.write(json.dumps(dict(iter=it, step=it, loss=2.0 / it, loss_cls=1.0 / it, loss_bbox=1.0 / it,
                                     lr=0.001, time=1.0)) + '\n')
             if it % 50 == 0:
-                f.write(json.dumps({'coco/bbox_mAP': it / 200, 'coco/bbox_mAP_50': it / 150, 'step': it}) + '\n')
+                val = {'coco/bbox_mAP': it / 200, 'coco/bbox_mAP_50': it / 150, 'step': it}
+                f.write(json.dumps(val) + '\n')
     out = str(tmp_path / 'curve.png')
     plot_training_curves(str(log), out, 'test')
     img = cv2.imread(out)

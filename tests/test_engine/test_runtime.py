@@ -73,7 +73,8 @@ def test_nan_loss_stops_training_named_and_nothing_non_finite_is_saved(demo_pack
     from ..conftest import run_tool
     work = str(tmp_path / 'work')
     opts = [f'{k}_dataloader.dataset.data_root={demo_packed}' for k in ('train', 'val', 'test')]
-    opts += ['optim_wrapper.optimizer.lr=1e6', 'train_dataloader.batch_size=4', 'train_dataloader.num_workers=0',
+    opts += ['optim_wrapper.optimizer.lr=1e6', 'train_dataloader.batch_size=4',
+             'train_dataloader.num_workers=0',
              'train_dataloader.persistent_workers=False', 'train_dataloader.dataset.indices=16',
              'train_cfg.max_epochs=3', 'train_cfg.val_interval=10']
     proc = subprocess.run(run_tool('tools/train.py', osp.join(REPO, 'tests', 'configs', 'fcos_r18_epochs.py'),
