@@ -21,7 +21,6 @@ import datetime
 import glob
 import os
 import os.path as osp
-import sys
 import time
 
 import cv2
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 SECTION = '## ONNX export and int8'
 TARGET_SPEEDUP = 2.0
 

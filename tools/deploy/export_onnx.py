@@ -13,14 +13,10 @@ Inputs: ``input`` (N, 3, H, W) normalised; outputs ``dets`` (N, K, 5), ``labels`
 """
 import argparse
 import os.path as osp
-import sys
 
 from mmengine.config import DictAction
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from fcos_plugin.deploy.api import DeployError, export_onnx  # noqa: E402
+from fcos_plugin.deploy.api import DeployError, export_onnx
 
 
 def parse_args():

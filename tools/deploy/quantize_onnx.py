@@ -13,16 +13,12 @@ model's directory files (``pipeline.json``...), so by default it is written next
 """
 import argparse
 import os.path as osp
-import sys
 import time
 
 import numpy as np
 from mmengine.config import DictAction
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from fcos_plugin.deploy.api import (  # noqa: E402
+from fcos_plugin.deploy.api import (
     DeployError,
     ensure_free,
     evaluate,

@@ -12,14 +12,10 @@ Metrics are printed and written to ``--out`` (default: ``MODEL_test_metrics.json
 import argparse
 import json
 import os.path as osp
-import sys
 
 from mmengine.config import DictAction
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from fcos_plugin.deploy.api import DeployError, ensure_free, evaluate, load_model_cfg, write_json_atomic  # noqa: E402
+from fcos_plugin.deploy.api import DeployError, ensure_free, evaluate, load_model_cfg, write_json_atomic
 
 
 def parse_args():
