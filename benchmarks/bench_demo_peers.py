@@ -13,7 +13,8 @@ model is charged for what its own iterations cost on this machine.
 
 Models (all from scratch except where named):
 
-* ``fcos_effb0_demo`` -- ours, from the Lite0 ImageNet weights (the demo default), and from scratch;
+* ``fcos_effb0_demo`` -- ours, from the Lite0 ImageNet weights (the demo default), and from scratch
+  (then with no stage frozen);
 * ``fcos_effb0_demo_classic-assign`` -- ours with classic FCOS targets instead of dynamic assignment;
 * ``fcos_r18_demo`` -- mmdet's stock ``FCOSHead`` (GN, 2x64 towers) on a ResNet-18 + FPN;
 * ``rtmdet_tiny_demo`` -- mmdet's RTMDet-tiny with its own optimizer (AdamW 0.004) and EMA.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os.path as osp
 import subprocess
 import sys
@@ -35,7 +35,9 @@ import sys
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PEERS = {
     'fcos_effb0_demo (Lite0 weights)': ('configs/fcos_effb0_demo.py', []),
-    'fcos_effb0_demo (scratch)': ('configs/fcos_effb0_demo.py', ['model.backbone.init_cfg=None']),
+    # from scratch nothing may stay frozen at its random initialisation
+    'fcos_effb0_demo (scratch)': ('configs/fcos_effb0_demo.py', ['model.backbone.init_cfg=None',
+                                                                 'model.backbone.frozen_stages=-1']),
     'fcos_effb0_demo classic-assign (Lite0)': ('configs/fcos_effb0_demo_classic-assign.py', []),
     'mmdet FCOS-R18 GN head (scratch)': ('configs/fcos_r18_demo.py', []),
     'mmdet RTMDet-tiny (scratch)': ('configs/rtmdet_tiny_demo.py', []),
@@ -64,15 +66,15 @@ def curve(work_dir: str) -> list[tuple[int, float, float, float]]:
     logs = sorted(glob.glob(osp.join(work_dir, '2*', 'vis_data', 'scalars.json')))
     if not logs:
         raise SystemExit(f'no training log under {work_dir}')
-    points, seconds, last_iter = [(0, 0.0, 0.0, 0.0)], 0.0, 0
-    with open(logs[-1]) as f:
-        for line in f:
-            r = json.loads(line)
-            if 'loss' in r:  # mean time per iteration of the window (last_iter, r['iter']]
-                seconds += r['time'] * (r['iter'] - last_iter)
-                last_iter = r['iter']
-            elif 'coco/bbox_mAP' in r:
-                points.append((r['step'], seconds / 60, r['coco/bbox_mAP'], r['coco/bbox_mAP_50']))
+    from fcos_plugin.analysis import read_scalars
+    train, val = read_scalars(logs[-1])
+    points, seconds, last_iter, k = [(0, 0.0, 0.0, 0.0)], 0.0, 0, 0
+    for r in train:  # r['time']: mean seconds per iteration of the window (last_iter, r['iter']]
+        seconds += r['time'] * (r['iter'] - last_iter)
+        last_iter = r['iter']
+        while k < len(val) and val[k]['iter'] == last_iter:
+            points.append((last_iter, seconds / 60, val[k]['coco/bbox_mAP'], val[k]['coco/bbox_mAP_50']))
+            k += 1
     return points
 
 

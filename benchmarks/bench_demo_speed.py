@@ -6,7 +6,8 @@
 One real batch of the config's train dataloader (data/demo must be packed: tools/run_demo.sh) is fed
 through forward + loss + backward + SGD step, timed per stage, for several variants of the same model
 in one process: the previous demo setting (inputs padded to 384, NCHW), inputs padded to 32 only
-(320x320), and 320 in ``channels_last`` (what :class:`fcos_plugin.engine.ChannelsLastHook` turns on).
+(320x320), 320 in ``channels_last`` (what :class:`fcos_plugin.engine.ChannelsLastHook` turns on), and
+that with the stem and stages 0-1 frozen (the demo config's ``frozen_stages=2``).
 Prints a Markdown table with ratios against the first variant.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 def stage_times(model, data: dict, iters: int) -> dict[str, float]:
     """Median seconds per stage over ``iters`` steps (after one warm-up step)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
     model.train()
     rows = []
     for i in range(iters + 1):
@@ -70,14 +71,16 @@ def main() -> None:
     batch = len(data['inputs'])
     from mmdet.registry import MODELS
     variants = {
-        'pad to 128 (384x384), NCHW': (128, False),
-        'pad to 32 (320x320), NCHW': (32, False),
-        'pad to 32 (320x320), channels_last': (32, True),
+        'pad to 128 (384x384), NCHW': (128, False, -1),
+        'pad to 32 (320x320), NCHW': (32, False, -1),
+        'pad to 32 (320x320), channels_last': (32, True, -1),
+        '+ stem and stages 0-1 frozen (the demo config)': (32, True, 2),
     }
     results = {}
-    for name, (divisor, channels_last) in variants.items():
+    for name, (divisor, channels_last, frozen) in variants.items():
         model_cfg = copy.deepcopy(cfg.model)
         model_cfg.data_preprocessor.pad_size_divisor = divisor
+        model_cfg.backbone.frozen_stages = frozen
         model_cfg.backbone.init_cfg = None  # speed does not depend on the weights
         torch.manual_seed(0)
         model = MODELS.build(model_cfg)

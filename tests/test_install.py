@@ -44,3 +44,33 @@ def test_configs_inheriting_from_mmdet_load(tmp_path):
     cfg_file.write_text("_base_ = 'mmdet::_base_/default_runtime.py'\nextra = 1\n")
     cfg = Config.fromfile(str(cfg_file))
     assert cfg.default_scope == 'mmdet' and cfg.extra == 1
+
+
+def _install_sh_versions() -> dict[str, str]:
+    """TORCH_VERSION=..., TORCHVISION_VERSION=..., MMCV_VERSION=... and the mmdeploy pin of install.sh."""
+    import re
+    with open(osp.join(REPO, 'tools', 'install.sh')) as f:
+        text = f.read()
+    found = dict(re.findall(r'^(TORCH_VERSION|TORCHVISION_VERSION|MMCV_VERSION)=(\S+)$', text, re.M))
+    found['MMDEPLOY_VERSION'] = re.search(r'"mmdeploy==([\d.]+)"', text).group(1)
+    return found
+
+
+def test_torch_torchvision_mmcv_mmdeploy_are_the_versions_install_sh_installs():
+    want = _install_sh_versions()
+    have = {'TORCH_VERSION': version('torch'), 'TORCHVISION_VERSION': version('torchvision'),
+            'MMCV_VERSION': version('mmcv'), 'MMDEPLOY_VERSION': version('mmdeploy')}
+    assert {k: v.split('+')[0] for k, v in have.items()} == want
+
+
+def test_mmcv_has_its_compiled_ops_and_they_compute():
+    """mmcv built from source with MMCV_WITH_OPS=1: its NMS kernel loads and agrees with torchvision's."""
+    import torch
+    import torchvision
+    from mmcv.ops import nms
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=g) * 30], 1)
+    scores = torch.rand(200, generator=g)
+    _, keep = nms(boxes, scores, 0.5)
+    assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5))

@@ -78,8 +78,8 @@ class Stages:
 # what each stage shows of its tool's output (the rest is in WORK_DIR/logs/)
 PROGRESS = dict(
     flops='^$',
-    train=r'Iter\(train\)|bbox_mAP_copypaste|loaded \d+ of the|Error\b|^error',
-    test=r'bbox_mAP_copypaste|Error\b|^error',
+    train=r'Iter\(train\)|coco/bbox_mAP:|loaded \d+ of the|Error\b|^error',
+    test=r'coco/bbox_mAP:|Error\b|^error',
     export=r'Error\b|^error|^wrote|written',
     onnx=r'bbox_mAP"|Error\b|^error|wrote|written',
 )
@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     max_iters = QUICK['iters'] if args.quick else cfg.train_cfg.max_iters
     if finished_iters(work_dir) == max_iters:
         log(f'train: {work_dir} holds a finished run ({max_iters} iterations); --fresh retrains')
+        stages.seconds['train'] = 0.0
     else:
         stages.run('train', 'tools/train.py', args.config, '--work-dir', work_dir, '--resume',
                    '--cfg-options', *train_opts, show=PROGRESS['train'])

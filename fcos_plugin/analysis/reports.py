@@ -19,8 +19,8 @@ ERROR_KINDS = ('correct', 'duplicate', 'wrong_class', 'poor_box', 'background')
 
 
 def read_scalars(path: str) -> Tuple[List[dict], List[dict]]:
-    """Training records (with ``loss``) and validation records (with ``coco/bbox_mAP``) of one
-    mmengine ``vis_data/scalars.json``."""
+    """Training records (with ``loss``) and validation records (with ``coco/bbox_mAP``, and ``iter``:
+    the training iteration they follow) of one mmengine ``vis_data/scalars.json``."""
     train, val = [], []
     with open(path) as f:
         for line in f:
@@ -28,6 +28,11 @@ def read_scalars(path: str) -> Tuple[List[dict], List[dict]]:
             if 'loss' in r:
                 train.append(r)
             elif 'coco/bbox_mAP' in r:
+                # the training iteration it follows: its step when mmengine logged it by iteration
+                # (log_metric_by_epoch=False); when logged by epoch (step = epoch, smaller), the last
+                # logged training iteration, which may be up to one logging interval early
+                last = train[-1]['step'] if train else 0
+                r['iter'] = r['step'] if r.get('step', 0) >= last else last
                 val.append(r)
     return train, val
 
@@ -55,7 +60,7 @@ def plot_training_curves(scalars: str, out: str, title: str = '') -> None:
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(fontsize=8)
     if val:
-        steps = [r['step'] for r in val]
+        steps = [r['iter'] for r in val]
         for key, style in (('coco/bbox_mAP', 'o-'), ('coco/bbox_mAP_50', 's--')):
             ax_map.plot(steps, [r[key] for r in val], style, label=key.split('/')[1])
     ax_map.set(xlabel='iteration', ylabel='val', ylim=(0, 1))
