@@ -167,7 +167,7 @@ def main(argv=None) -> int:
 
     from mmengine.config import Config
 
-    import fcos_plugin  # noqa: F401  (first: its compat module quiets mmengine's import warnings)
+    import fcos_plugin  # noqa: F401  (before fromfile: its compat module quiets mmengine's warnings)
     cfg = Config.fromfile(args.config)
     size = cfg.get('input_size', (512, 512))
     data_opts = data_options(data_dir)
