@@ -70,11 +70,13 @@ def curve(work_dir: str) -> list[tuple[int, float, float, float]]:
     train, val = read_scalars(logs[-1])
     points, seconds, last_iter, k = [(0, 0.0, 0.0, 0.0)], 0.0, 0, 0
     for r in train:  # r['time']: mean seconds per iteration of the window (last_iter, r['iter']]
+        while k < len(val) and val[k]['iter'] <= r['iter']:  # a validation inside this window
+            at = val[k]['iter']
+            points.append((at, (seconds + r['time'] * (at - last_iter)) / 60, val[k]['coco/bbox_mAP'],
+                           val[k]['coco/bbox_mAP_50']))
+            k += 1
         seconds += r['time'] * (r['iter'] - last_iter)
         last_iter = r['iter']
-        while k < len(val) and val[k]['iter'] == last_iter:
-            points.append((last_iter, seconds / 60, val[k]['coco/bbox_mAP'], val[k]['coco/bbox_mAP_50']))
-            k += 1
     return points
 
 
