@@ -89,7 +89,10 @@ class LmdbCocoDataset(BaseDetDataset):
                 raise
             self._packed = None
             self.with_mask = bool(with_mask)
-            metainfo.setdefault('palette', _palette(len(metainfo.get('classes', ()))))
+            # Without the pack the class names are unknown: no palette rather than an empty one, so
+            # DetInferencer falls back to the checkpoint's (an empty list would override it).
+            classes = metainfo.get('classes')
+            metainfo.setdefault('palette', _palette(len(classes)) if classes else None)
         kwargs['serialize_data'] = False  # the index is already a few compact arrays
         super().__init__(*args, ann_file=ann_file, data_root=data_root, metainfo=metainfo, **kwargs)
         # after super(): mmengine would try to read a string metainfo value as a meta file.
@@ -105,8 +108,10 @@ class LmdbCocoDataset(BaseDetDataset):
             raise ValueError(f'{self.lmdb_path} was packed without segmentations; repack with '
                              '--with-segmentation or set with_mask=False.')
         names = [c['name'] for c in self._packed.categories]
-        metainfo.setdefault('classes', tuple(names))
-        metainfo.setdefault('palette', _palette(len(metainfo['classes'])))
+        if not metainfo.get('classes'):  # absent, or METAINFO's empty default (lazy_init deferred)
+            metainfo['classes'] = tuple(names)
+        if not metainfo.get('palette'):
+            metainfo['palette'] = _palette(len(metainfo['classes']))
         unknown = set(metainfo['classes']) - set(names)
         if unknown:
             raise ValueError(f'classes {sorted(unknown)} are not categories of {self.lmdb_path} '

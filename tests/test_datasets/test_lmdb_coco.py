@@ -200,3 +200,25 @@ def test_unknown_class_subset_is_a_clear_error(tiny_coco_packed):
     with pytest.raises(ValueError, match='unicorn'):
         LmdbCocoDataset(data_root=tiny_coco_packed, ann_file='val_lmdb',
                         metainfo=dict(classes=('person', 'unicorn')))
+
+
+def test_lazy_init_defers_the_pack_and_full_init_completes_the_metainfo(tiny_coco_packed, tmp_path):
+    """lazy_init=True (what mmdet's DetInferencer uses to read a palette) must not need the pack, must
+    not invent an empty palette (it would override the checkpoint's: DetInferencer's pictures then fail
+    on 'palette should not be less than num_classes'), and full_init() later gives exactly what an
+    eager build gives."""
+    import shutil
+    root = tmp_path / 'late'
+    lazy = LmdbCocoDataset(data_root=str(root), ann_file='val_lmdb', lazy_init=True)
+    assert lazy.metainfo['palette'] is None and not lazy.metainfo['classes']
+    with pytest.raises(LmdbFormatError, match='val_lmdb'):
+        lazy.full_init()  # still missing: the error names the pack
+    shutil.copytree(osp.join(tiny_coco_packed, 'val_lmdb'), root / 'val_lmdb')
+    lazy.full_init()
+    eager = LmdbCocoDataset(data_root=str(root), ann_file='val_lmdb')
+    assert lazy.metainfo['classes'] == eager.metainfo['classes'] and len(eager.metainfo['classes']) == 80
+    assert lazy.metainfo['palette'] == eager.metainfo['palette']
+    assert len(lazy) == len(eager) and lazy[0]['img_id'] == eager[0]['img_id']
+    named = LmdbCocoDataset(data_root=str(tmp_path / 'none'), ann_file='val_lmdb', lazy_init=True,
+                            metainfo=dict(classes=('person', 'dog')))
+    assert len(named.metainfo['palette']) == 2

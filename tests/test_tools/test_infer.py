@@ -11,6 +11,7 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ..conftest import REPO, run_tool
 
@@ -57,6 +58,15 @@ def _assert_same(ref, labels, scores, bboxes, floor: float = 0.1):
             used[cand[0]] = True
 
 
+def _config_without_data(tmp_path) -> str:
+    """The demo config with its data root somewhere that does not exist: a user's machine without the
+    packed dataset (this checkout's own data/demo must not make the test pass)."""
+    path = tmp_path / 'no_data.py'
+    path.write_text(f"_base_ = [{CFG!r}]\n"
+                    "test_dataloader = dict(dataset=dict(data_root='/nonexistent/demo/'))\n")
+    return str(path)
+
+
 def test_infer_tool_equals_test_tool_and_skips_bad_inputs(demo_trained, reference, tmp_path):
     images = [osp.join(demo_trained['data_root'], 'val2017', name) for name in sorted(reference)]
     bad = tmp_path / 'bad'
@@ -66,10 +76,13 @@ def test_infer_tool_equals_test_tool_and_skips_bad_inputs(demo_trained, referenc
     cv2.imwrite(str(bad / 'gray.png'), cv2.cvtColor(src, cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(bad / 'rgba.png'), cv2.cvtColor(src, cv2.COLOR_BGR2BGRA))
     out = str(tmp_path / 'out')
-    proc = subprocess.run(run_tool('tools/infer.py', *images, str(bad), str(tmp_path / 'missing.jpg'), CFG,
-                                   demo_trained['checkpoint'], '--out-dir', out),
+    proc = subprocess.run(run_tool('tools/infer.py', *images, str(bad), str(tmp_path / 'missing.jpg'),
+                                   _config_without_data(tmp_path), demo_trained['checkpoint'],
+                                   '--out-dir', out),
                           capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 1, proc.stderr[-3000:]  # some inputs skipped, the rest processed
+    # some inputs skipped, the rest processed (a traceback also exits 1: the summary line tells them apart)
+    assert proc.returncode == 1 and '6 image(s): pictures in' in proc.stdout, proc.stderr[-3000:]
+    assert '2 input(s) skipped' in proc.stdout
     assert 'notes.jpg: not a decodable image' in proc.stderr and 'missing.jpg: no such file' in proc.stderr
     assert 'gray.png: grayscale' in proc.stdout and 'rgba.png: alpha channel dropped' in proc.stdout
     for name, ref in reference.items():
@@ -82,7 +95,7 @@ def test_infer_tool_equals_test_tool_and_skips_bad_inputs(demo_trained, referenc
     assert written >= {'gray.json', 'rgba.json'}
 
 
-def test_det_inferencer_works_without_the_packed_dataset(demo_trained, reference):
+def test_det_inferencer_works_without_the_packed_dataset(demo_trained, reference, tmp_path):
     """mmdet's DetInferencer builds the config's test set with lazy_init=True just for its metainfo;
     the config here points at a data root that does not exist. Class names come from the checkpoint."""
     from mmdet.apis import DetInferencer
@@ -92,10 +105,16 @@ def test_det_inferencer_works_without_the_packed_dataset(demo_trained, reference
     inferencer = DetInferencer(model=cfg, weights=demo_trained['checkpoint'], device='cpu',
                                show_progress=False)
     assert inferencer.model.dataset_meta['classes'][0] == 'red_circle'
+    # the palette too comes from the checkpoint (the pictures are drawn in the training colours)
+    meta = torch.load(demo_trained['checkpoint'], map_location='cpu', weights_only=True)['meta']
+    assert list(map(tuple, inferencer.model.dataset_meta['palette'])) == list(
+        map(tuple, meta['dataset_meta']['palette']))
     for name, ref in reference.items():
         img = osp.join(demo_trained['data_root'], 'val2017', name)
         pred = inferencer(img, return_datasamples=True)['predictions'][0].pred_instances
         _assert_same(ref, pred.labels, pred.scores, pred.bboxes)
+    inferencer(img, out_dir=str(tmp_path))  # and drawing works
+    assert cv2.imread(str(tmp_path / 'vis' / name)) is not None
     with pytest.raises(Exception, match='nonexistent'):  # the dataset itself still says what is missing
         from mmdet.registry import DATASETS
         DATASETS.build(cfg.test_dataloader.dataset)
