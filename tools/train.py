@@ -18,7 +18,7 @@ from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
 from fcos_plugin.compat import UnsafeCheckpointError
-from fcos_plugin.engine import NonFiniteLossError, adapt_cfg_to_machine
+from fcos_plugin.engine import NonFiniteLossError, adapt_cfg_to_machine, literal_dicts
 
 
 def parse_args():
@@ -32,7 +32,8 @@ def parse_args():
                         help='resume from CKPT, or without a value from the latest checkpoint '
                         'in the work directory')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (e.g. train_cfg.max_epochs=1)')
+                        help='override config settings, key=value (e.g. train_cfg.max_epochs=1); a value '
+                        'may be dict(k=v, ...) or a list of them, as in configs')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main():
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        cfg.merge_from_dict(literal_dicts(args.cfg_options))
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
