@@ -72,12 +72,6 @@ COCO_CONFIG = re.compile(r'(?<![\w./-])configs/(?!.*demo)[\w.-]+\.py')
 #: run them. test_not_yet_run_is_current fails when an entry is run by a test (delete it) or no
 #: longer documented; test_unmarked_commands_are_run_by_tests fails on any gap not listed here.
 NOT_YET_RUN = {  # (script, flag): where the docs show it -> the run that would cover it
-    ('tools/train.py', '--amp'): 'README synopsis -> a CPU train run with --amp (fp32 and a warning)',
-    ('tools/train.py', '--auto-scale-lr'): 'README synopsis -> a train run with --auto-scale-lr',
-    ('tools/infer.py', '--score-thr'): "README synopsis -> --score-thr in test_infer.py's tools/infer.py run",
-    ('tools/dist_train.sh', ''): "README, get_started, FAQ (2 CPU processes) -> test_compat.py's torchrun "
-                                 'run through tools/dist_train.sh',
-    ('tools/dist_train.sh', '--auto-scale-lr'): 'get_started 2-process demo -> that run with the flag',
     ('tools/dist_test.sh', ''): 'README synopsis -> 2 CPU processes testing a demo checkpoint',
     ('benchmarks/diagnose_demo.py', ''): 'README -> a run on the demo_trained work directory',
     ('benchmarks/diagnose_demo.py', '--score-thr'): 'README -> that run with --score-thr',
@@ -515,7 +509,7 @@ def test_suite_runs_what_the_quick_start_runs():
     assert any(w.startswith('tests/test_tools/test_run_demo.py:') for w in runs['tools/run_demo.sh'][''])
     assert any(w.startswith('tools/run_demo.sh:') for w in runs['tools/run_demo.py']['--install-seconds'])
     assert any(w.startswith('tools/run_demo.py:') for w in runs['tools/train.py']['--resume'])
-    assert any(w.startswith('tests/test_compat.py:') for w in runs['tools/train.py']['--launcher'])
+    assert any(w.startswith('tools/dist_train.sh:') for w in runs['tools/train.py']['--launcher'])
     assert any(w.startswith('tests/test_deploy/test_onnx_infer.py:')
                for w in runs['tools/deploy/onnx_infer.py']['--out-dir'])
     assert 'tools/install.sh' in runs and 'tools/slurm_train.sh' not in runs

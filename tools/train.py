@@ -11,6 +11,7 @@ Without GPUs the same commands train on CPU (gloo), e.g. ``torchrun --nproc_per_
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
@@ -53,8 +54,12 @@ def main():
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        import torch
+        if torch.cuda.is_available():
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+        else:  # mmengine's AmpOptimWrapper refuses to start without CUDA
+            print('warning: --amp needs a CUDA device; training in fp32 on this machine', file=sys.stderr)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise SystemExit('error: --auto-scale-lr needs auto_scale_lr.base_batch_size in the config')

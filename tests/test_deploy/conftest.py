@@ -1,14 +1,14 @@
-"""Deployment fixtures: briefly trained checkpoints (demo and tiny COCO), their ONNX exports, and a
-tie-aware comparison of PyTorch and ONNX Runtime detections."""
+"""Deployment fixtures: seeded checkpoints (a 2-iteration demo model whose scores sit in the threshold
+trap, the session's trained demo model, a 1-iteration tiny COCO model), their ONNX exports, and PyTorch
+and ONNX Runtime predictions on the same normalised tensors."""
 from __future__ import annotations
 
 import copy
 import glob
 import os.path as osp
 import subprocess
-from typing import Dict, List, Tuple
+from typing import List
 
-import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -17,9 +17,6 @@ from ..conftest import REPO, run_tool
 
 DEMO_CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
 COCO_CFG = osp.join(REPO, 'configs', 'fcos_effb0.py')
-#: Scores closer than this are ties: ONNX Runtime and PyTorch round differently (~3e-7 here), so the
-#: order of tied candidates -- which one NMS or the max_per_img cut keeps -- may differ.
-TIE = 2e-6
 BOX_ATOL = 1e-2  # px
 SCORE_ATOL = 1e-4
 
@@ -37,7 +34,7 @@ def model_cfg(path: str, data_root: str, **overrides) -> Config:
 
 
 def train(cfg_path: str, data_root: str, work_dir: str, *options: str) -> str:
-    """A few iterations of tools/train.py; returns the last checkpoint.
+    """A few seeded, deterministic iterations of tools/train.py; returns the last checkpoint.
 
     Validation is switched off entirely (mmengine validates after the last epoch whatever
     ``val_interval`` says, and PyTorch inference is what costs minutes on 2 cores)."""
@@ -45,7 +42,7 @@ def train(cfg_path: str, data_root: str, work_dir: str, *options: str) -> str:
                    f'train_dataloader.dataset.data_root={data_root}', 'val_dataloader=None',
                    'val_cfg=None', 'val_evaluator=None', 'train_dataloader.num_workers=0',
                    'train_dataloader.persistent_workers=False', 'default_hooks.logger.interval=1',
-                   *options)
+                   'randomness.seed=0', 'randomness.deterministic=True', *options)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpts = sorted(glob.glob(osp.join(work_dir, '*_*.pth')), key=osp.getmtime)
@@ -78,6 +75,13 @@ def demo_onnx(demo_ckpt, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope='session')
+def trained_onnx(demo_trained, tmp_path_factory) -> str:
+    """The session's trained demo checkpoint (tests/conftest.py ``demo_trained``) exported by the
+    command line tool with the default (dynamic) deploy config."""
+    return export(DEMO_CFG, demo_trained['checkpoint'], str(tmp_path_factory.mktemp('trained_onnx')))
+
+
+@pytest.fixture(scope='session')
 def coco_ckpt(tiny_coco_packed, tmp_path_factory) -> str:
     """fcos_effb0.py (80 classes, 512x512, EMA) after one iteration on 2 tiny COCO train images."""
     return train(COCO_CFG, tiny_coco_packed, str(tmp_path_factory.mktemp('coco_train')),
@@ -93,51 +97,6 @@ def coco_onnx(coco_ckpt, tiny_coco_packed, tmp_path_factory) -> str:
                         str(tmp_path_factory.mktemp('coco_onnx')), onnx_name='fcos.onnx',
                         log=lambda s: None)
     return paths['onnx']
-
-
-def match_detections(ref: Dict[str, np.ndarray], out: Dict[str, np.ndarray]) -> Tuple[int, int, int,
-                                                                                        float, float]:
-    """Pair each PyTorch detection with an ONNX one of the same class, score within
-    :data:`SCORE_ATOL` and box within :data:`BOX_ATOL`.
-
-    A PyTorch detection without such a partner is a tie swap only if an unpaired ONNX detection of
-    the same class has a score within :data:`TIE` of it (the two frameworks kept different members
-    of a set of equally scored candidates), or, for the lowest-scored detections, if an unpaired ONNX
-    detection of any class is within :data:`SCORE_ATOL` of it at ONNX's own cut (which candidates
-    fill the last ``max_per_img`` places is decided by rounding).
-
-    Returns:
-        (matched, tie swaps, those of them inside a tie group of PyTorch's own output, max box error,
-        max score error) over the matched pairs; asserts that every detection is matched or a tie swap.
-    """
-    rb, rs, rl = ref['bboxes'], ref['scores'], ref['labels']
-    ob, os_, ol = out['bboxes'], out['scores'], out['labels']
-    used = np.zeros(len(ob), bool)
-    unmatched, box_err, score_err = [], 0.0, 0.0
-    for k in np.argsort(-rs, kind='stable'):
-        cand = np.where(~used & (ol == rl[k]) & (np.abs(os_ - rs[k]) <= SCORE_ATOL))[0]
-        err = np.abs(ob[cand] - rb[k]).max(1) if len(cand) else np.empty(0)
-        if len(cand) and err.min() <= BOX_ATOL:
-            j = cand[err.argmin()]
-            used[j] = True
-            box_err, score_err = max(box_err, float(err.min())), max(score_err, abs(os_[j] - rs[k]))
-        else:
-            unmatched.append(k)
-    swaps = tied_swaps = 0
-    for k in unmatched:
-        cand = np.where(~used & (ol == rl[k]) & (np.abs(os_ - rs[k]) <= TIE))[0]
-        if not len(cand) and rs[k] - rs.min() <= SCORE_ATOL:
-            # at the max_per_img cut, near-equal scores of *any* class compete for the last places
-            cand = np.where(~used & (np.abs(os_ - rs[k]) <= SCORE_ATOL)
-                            & (os_ - os_.min() <= SCORE_ATOL))[0]
-        assert len(cand), (f'PyTorch detection {rb[k]} score {rs[k]} label {rl[k]} has no ONNX '
-                           f'counterpart (box within {BOX_ATOL} px, score within {SCORE_ATOL}) and '
-                           'is not a tie')
-        used[cand[0]] = True
-        swaps += 1
-        # a tie group inside PyTorch's own output: another detection of the class with this score
-        tied_swaps += int(((rl == rl[k]) & (np.abs(rs - rs[k]) <= TIE)).sum() >= 2)
-    return int(len(rs) - swaps), swaps, tied_swaps, box_err, score_err
 
 
 def predict_both(cfg: Config, ckpt: str, onnx_path: str, indices: int, batch_size: int):
@@ -178,11 +137,3 @@ def predict_both(cfg: Config, ckpt: str, onnx_path: str, indices: int, batch_siz
                                for s in (r, o)))
     metrics = [ev.evaluate(len(loader.dataset)) for ev in evaluators]
     return pairs, metrics[0], metrics[1], torch_model
-
-
-def scores_are_in_the_threshold_trap(pairs, score_thr: float) -> float:
-    """Fraction of PyTorch detections kept by sqrt(cls*ctr) > thr whose cls*ctr is <= thr: the ones
-    mmdeploy's stock rewrite (threshold on cls*ctr) would drop."""
-    scores = np.concatenate([ref['scores'] for ref, _ in pairs])
-    return float(np.mean(scores ** 2 <= score_thr)) if len(scores) else 0.0
-

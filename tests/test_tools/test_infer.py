@@ -78,11 +78,11 @@ def test_infer_tool_equals_test_tool_and_skips_bad_inputs(demo_trained, referenc
     out = str(tmp_path / 'out')
     proc = subprocess.run(run_tool('tools/infer.py', *images, str(bad), str(tmp_path / 'missing.jpg'),
                                    _config_without_data(tmp_path), demo_trained['checkpoint'],
-                                   '--out-dir', out),
+                                   '--out-dir', out, '--score-thr', '0.4'),
                           capture_output=True, text=True, cwd=REPO)
     # some inputs skipped, the rest processed (a traceback also exits 1: the summary line tells them apart)
     assert proc.returncode == 1 and '6 image(s): pictures in' in proc.stdout, proc.stderr[-3000:]
-    assert '2 input(s) skipped' in proc.stdout
+    assert '2 input(s) skipped' in proc.stdout and 'drawn at score >= 0.4' in proc.stdout
     assert 'notes.jpg: not a decodable image' in proc.stderr and 'missing.jpg: no such file' in proc.stderr
     assert 'gray.png: grayscale' in proc.stdout and 'rgba.png: alpha channel dropped' in proc.stdout
     for name, ref in reference.items():
