@@ -2,8 +2,8 @@
 
 Convention: one multiply-add = one FLOP for convolutions and matrix products (mmengine/fvcore's, and the one
 EfficientDet's "2.54 GFLOPs" uses); every elementwise operator (activations, additions, multiplications,
-sigmoid, sqrt, BN at inference ...) costs one FLOP per output element; max-pooling one per output element
-and kernel position. mmengine's counter ignores activations and a few elementwise ops silently; here every
+sigmoid, sqrt, BN at inference ...) costs one FLOP per output element; reductions (mean, sum, max, min) one
+per input element; max-pooling one per output element and kernel position. mmengine's counter ignores activations and a few elementwise ops silently; here every
 operator in the traced graph is either counted or listed as pure data movement (reshape, cat, pad, ...), and
 anything else is reported as uncounted.
 
@@ -27,8 +27,10 @@ ELEMENTWISE_OPS = (
     'aten::div_', 'aten::relu', 'aten::relu_', 'aten::relu6', 'aten::hardtanh', 'aten::hardtanh_',
     'aten::sigmoid', 'aten::sigmoid_', 'aten::silu', 'aten::silu_', 'aten::exp', 'aten::sqrt',
     'aten::clamp', 'aten::clamp_', 'aten::clamp_min', 'aten::neg', 'aten::rsub', 'aten::pow',
-    'aten::leaky_relu', 'aten::hardswish', 'aten::hardsigmoid', 'aten::mean', 'aten::sum',
+    'aten::leaky_relu', 'aten::hardswish', 'aten::hardsigmoid',
 )
+#: reductions: one FLOP per *input* element (an N-to-1 mean or sum costs N, not 1)
+REDUCTION_OPS = ('aten::mean', 'aten::sum', 'aten::max', 'aten::amax', 'aten::min', 'aten::amin')
 #: ops that move or select data and cost nothing
 DATA_MOVEMENT_OPS = (
     'aten::cat', 'aten::constant_pad_nd', 'aten::pad', 'aten::view', 'aten::reshape', 'aten::permute',
@@ -36,7 +38,7 @@ DATA_MOVEMENT_OPS = (
     'aten::unsqueeze', 'aten::squeeze', 'aten::expand', 'aten::to', 'aten::dropout', 'aten::Int',
     'aten::ScalarImplicit', 'aten::detach', 'aten::split', 'aten::chunk', 'aten::transpose',
     'aten::zeros', 'aten::ones', 'aten::full', 'aten::empty', 'aten::new_zeros', 'aten::type_as',
-    'aten::floor', 'aten::floor_divide', 'aten::ceil', 'aten::max', 'aten::copy_', 'aten::split_with_sizes',
+    'aten::floor', 'aten::floor_divide', 'aten::ceil', 'aten::copy_', 'aten::split_with_sizes',
     'aten::unbind', 'aten::zeros_like', 'aten::full_like', 'aten::t', 'aten::expand_as', 'aten::new_empty',
     'aten::remainder', 'aten::arange', 'aten::narrow', 'aten::index',
 )
@@ -46,6 +48,11 @@ MATMUL_OPS = ('conv', 'addmm', 'linear', 'matmul', 'mm', 'bmm', 'einsum')
 
 def _per_output_element(inputs, outputs) -> int:
     shape = get_shape(outputs[0])
+    return prod(shape) if shape is not None else 0
+
+
+def _per_input_element(inputs, outputs) -> int:
+    shape = get_shape(inputs[0])
     return prod(shape) if shape is not None else 0
 
 
@@ -97,6 +104,7 @@ def detector_complexity(detector: torch.nn.Module, shape: tuple[int, ...], max_d
     x = torch.zeros(shape)
     analyzer = FlopAnalyzer(model, (x,))
     analyzer.set_op_handle(**{op: _per_output_element for op in ELEMENTWISE_OPS})
+    analyzer.set_op_handle(**{op: _per_input_element for op in REDUCTION_OPS})
     analyzer.set_op_handle('aten::max_pool2d', _max_pool)
     analyzer._ignored_ops = set(DATA_MOVEMENT_OPS)
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
