@@ -169,12 +169,28 @@ def _mmcv_has_cuda_ops() -> bool:
         return False
 
 
+def torchvision_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: int = 0,
+                    score_threshold: float = 0, max_num: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mmcv.ops.nms`` computed with ``torchvision.ops.nms`` (any device), with mmcv's semantics:
+    scores are filtered only for ``score_threshold > 0`` (so zero scores survive a 0 threshold), and
+    ``max_num`` keeps the best."""
+    import torchvision
+    if offset != 0:
+        raise ValueError('the torchvision NMS fallback supports offset=0 only')
+    if score_threshold > 0:
+        valid = torch.nonzero(scores > score_threshold).squeeze(1)
+    else:
+        valid = torch.arange(len(scores), device=scores.device)
+    inds = valid[torchvision.ops.nms(boxes[valid].float(), scores[valid].float(), float(iou_threshold))]
+    if max_num > 0:
+        inds = inds[:max_num]
+    return torch.cat((boxes[inds], scores[inds].reshape(-1, 1)), dim=1), inds
+
+
 def patch_nms() -> None:
     if 'nms' in _APPLIED or _mmcv_has_cuda_ops():
         return
     import importlib
-
-    import torchvision
     nms_module = importlib.import_module('mmcv.ops.nms')  # the module (mmcv.ops.nms is also a function)
     original = nms_module.nms
 
@@ -182,13 +198,7 @@ def patch_nms() -> None:
     def nms(boxes, scores, iou_threshold, offset=0, score_threshold=0, max_num=-1):
         if not (isinstance(boxes, torch.Tensor) and boxes.is_cuda):
             return original(boxes, scores, iou_threshold, offset, score_threshold, max_num)
-        assert offset == 0, 'torchvision NMS fallback supports offset=0 only'
-        valid = torch.nonzero(scores > score_threshold).squeeze(1)
-        inds = valid[torchvision.ops.nms(boxes[valid].float(), scores[valid].float(), iou_threshold)]
-        if max_num > 0:
-            inds = inds[:max_num]
-        dets = torch.cat((boxes[inds], scores[inds].reshape(-1, 1)), dim=1)
-        return dets, inds
+        return torchvision_nms(boxes, scores, iou_threshold, offset, score_threshold, max_num)
 
     nms_module.nms = nms  # batched_nms resolves 'nms' through this module's globals
     _APPLIED.add('nms')

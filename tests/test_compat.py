@@ -226,3 +226,45 @@ def test_harmless_upstream_warnings_are_silenced_and_only_those():
         assert message in without.stderr, (message, without.stderr[-2000:])
         assert message not in with_fix.stderr, (message, with_fix.stderr[-2000:])
     assert 'an unrelated warning' in with_fix.stderr
+
+
+@pytest.mark.parametrize('score_threshold', [0, 0.3])
+@pytest.mark.parametrize('max_num', [-1, 5])
+def test_nms_fallback_equals_mmcvs_cpu_op(score_threshold, max_num):
+    """Fix 5 (NMS on CUDA through torchvision, since this mmcv has no CUDA kernels) computes what mmcv's
+    own op computes, on the CPU where both run: same kept indices in the same order, same dets --
+    including zero scores, which mmcv keeps at score_threshold=0 (a '> threshold' filter drops them)."""
+    from mmcv.ops import nms as mmcv_nms
+    from mmcv.ops.nms import NMSop
+
+    from fcos_plugin.compat import _mmcv_has_cuda_ops, torchvision_nms
+    assert not _mmcv_has_cuda_ops()  # the need: mmcv.ops.nms cannot run CUDA tensors here
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        n = 60
+        xy = torch.rand(n, 2, generator=gen) * 80
+        wh = torch.rand(n, 2, generator=gen) * 30 + 1
+        boxes = torch.cat([xy, xy + wh], 1)
+        scores = torch.randperm(n, generator=gen).float() / n  # distinct; one exactly 0
+        scores[scores > 0.9] = 0.3  # several exactly at the threshold (kept only at threshold 0)
+        ref_inds = NMSop.apply(boxes, scores, 0.5, 0, score_threshold, max_num)
+        dets, inds = torchvision_nms(boxes, scores, 0.5, 0, score_threshold, max_num)
+        ref_dets, _ = mmcv_nms(boxes, scores, 0.5, score_threshold=score_threshold, max_num=max_num)
+        tied = scores[ref_inds] == 0.3  # equal scores: either op may order them differently
+        assert sorted(inds[tied].tolist()) == sorted(ref_inds[tied].tolist()), trial
+        assert torch.equal(inds[~tied], ref_inds[~tied]), trial
+        assert torch.equal(dets[~tied], ref_dets[~tied]) and len(dets) == len(ref_dets)
+        assert (0 in scores[inds].tolist()) == (score_threshold == 0 and 0 in scores[ref_inds].tolist())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_nms_on_cuda_tensors_equals_cpu():
+    from mmcv.ops import batched_nms
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=gen) * 200
+    boxes = torch.cat([xy, xy + torch.rand(200, 2, generator=gen) * 40 + 1], 1)
+    scores, idxs = torch.rand(200, generator=gen), torch.randint(0, 5, (200,), generator=gen)
+    cfg = dict(type='nms', iou_threshold=0.6)
+    cpu = batched_nms(boxes, scores, idxs, cfg)
+    gpu = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), cfg)
+    assert torch.equal(cpu[1], gpu[1].cpu()) and torch.allclose(cpu[0], gpu[0].cpu())
