@@ -4,8 +4,8 @@ Convention: one multiply-add = one FLOP for convolutions and matrix products (mm
 EfficientDet's "2.54 GFLOPs" uses); every elementwise operator (activations, additions, multiplications,
 sigmoid, sqrt, BN at inference ...) costs one FLOP per output element; reductions (mean, sum, max, min) one
 per input element; max-pooling one per output element and kernel position. mmengine's counter ignores
-activations and a few elementwise ops silently; here every operator in the traced graph is either counted or listed as pure data movement (reshape, cat, pad, ...), and
-anything else is reported as uncounted.
+activations and a few elementwise ops silently; here every operator in the traced graph is either counted
+or listed as pure data movement (reshape, cat, pad, ...), and anything else is reported as uncounted.
 
 The convolution/linear part is cross-checked against ``torch.utils.flop_counter.FlopCounterMode``, an
 independent counter (dispatcher-based instead of JIT-trace-based).
