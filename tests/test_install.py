@@ -5,6 +5,7 @@ has no ``pkg_resources``; mmengine's Config imports it for every ``mmdet::`` bas
 ours loaded. These tests name that failure directly instead of through 30 broken tool runs."""
 from __future__ import annotations
 
+import os
 import os.path as osp
 from importlib.metadata import PackageNotFoundError, version
 
@@ -74,3 +75,38 @@ def test_mmcv_has_its_compiled_ops_and_they_compute():
     scores = torch.rand(200, generator=g)
     _, keep = nms(boxes, scores, 0.5)
     assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5))
+
+
+def test_built_package_carries_its_configs(tmp_path):
+    """A non-editable install (a wheel, as `pip install .` builds) finds the deploy configs the export
+    tools default to and the model configs (``fcos_plugin.paths.config_path``) without the source tree."""
+    import subprocess
+    import sys
+    import textwrap
+    wheels = tmp_path / 'wheels'
+    proc = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
+                           '-w', str(wheels), REPO], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    site = tmp_path / 'site'
+    proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site),
+                           *map(str, wheels.glob('fcos_plugin-*.whl'))], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    user = tmp_path / 'user'
+    user.mkdir()
+    code = textwrap.dedent(f'''
+        import os.path as osp
+        import fcos_plugin
+        from fcos_plugin.deploy.api import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, load_deploy_cfg
+        from fcos_plugin.paths import config_path
+        from mmengine.config import Config
+        assert fcos_plugin.__file__.startswith({str(site)!r}), fcos_plugin.__file__
+        assert DEFAULT_DEPLOY_CFG.startswith({str(site)!r}) and osp.isfile(STATIC_DEPLOY_CFG)
+        load_deploy_cfg()
+        cfg = Config.fromfile(config_path('fcos_effb0_demo.py'))  # with its _base_ chain
+        assert config_path().startswith({str(site)!r})
+        assert cfg.model.backbone.type.endswith('EffNet') and cfg.model.bbox_head.num_classes == 6
+        print('ok', DEFAULT_DEPLOY_CFG)
+        ''')
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=user, env=env)
+    assert proc.returncode == 0 and 'ok' in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
