@@ -10,10 +10,21 @@ The command-line front end is ``tools/datasets/mscoco_packer.py``. Guarantees:
 * the pack is built in a temporary sibling directory and renamed into place only when complete, so a
   ``kill -9`` at any moment never leaves a target that a reader takes for complete, and rerunning the same
   command succeeds; a complete target is never overwritten unless asked;
-* the LMDB map grows as needed (no ``MDB_MAP_FULL``).
+* the LMDB map grows as needed (no ``MDB_MAP_FULL``);
+* one packer per split and target directory at a time (``{target}/{split}_lmdb.lock``, ``flock``); a
+  second one stops with a message instead of touching the first one's temporary directory; leftovers of
+  killed runs (temporary ``.{split}_lmdb.tmp-*`` and superseded ``.{split}_lmdb.old-*`` directories) are
+  removed at the start of the next run, under the lock;
+* worker processes die with the packer (``PR_SET_PDEATHSIG`` on Linux, a parent watch elsewhere) and at
+  most :func:`max_images_in_flight` images are read ahead of the writer;
+* a full disk, a read-only or non-directory target, a damaged existing pack and an over-long key are
+  errors naming the directory, file or record and what to do, never raw tracebacks.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -21,11 +32,15 @@ import math
 import os
 import os.path as osp
 import shutil
+import signal
+import struct
 import sys
+import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -37,6 +52,7 @@ from .lmdb_format import (
     CATEGORIES_KEY,
     FORMAT_NAME,
     FORMAT_VERSION,
+    IMAGE_KEY_PREFIX,
     INDEX_KEY,
     MANIFEST_KEY,
     LmdbFormatError,
@@ -46,8 +62,14 @@ from .lmdb_format import (
     seg_key,
 )
 
-#: images written per LMDB transaction
+#: a transaction is committed after this many images or this many image bytes, whichever comes first
 BATCH_IMAGES = 256
+BATCH_BYTES = 16 << 20
+#: images per task sent to a worker process, and tasks queued or running per worker at any time
+CHUNK_IMAGES = 8
+TASKS_PER_WORKER = 4
+#: LMDB's largest key (``mdb_env_get_maxkeysize`` of the default build); image keys are ``img/<file_name>``
+MAX_KEY_BYTES = 511
 #: boxes may stick out of the image by this many pixels (annotation rounding) before they count as bad
 DEFAULT_BBOX_TOLERANCE = 1.0
 
@@ -143,6 +165,23 @@ def _as_int(value) -> int | None:
     return int(value) if float(value).is_integer() else None
 
 
+def _file_name_problem(fname: str) -> tuple[str, str] | None:
+    """(kind, message) when ``fname`` cannot be an LMDB image key (``img/<file_name>``), else None."""
+    if '\0' in fname:
+        return 'bad_file_name', 'file name contains a NUL character; fix "file_name" in the JSON'
+    try:
+        n = len(image_key(fname))
+    except UnicodeEncodeError:
+        return 'bad_file_name', ('file name is not valid Unicode text (it cannot be encoded as UTF-8); '
+                                 'fix "file_name" in the JSON')
+    if n > MAX_KEY_BYTES:
+        return 'file_name_too_long', (
+            f'file name is {n - len(IMAGE_KEY_PREFIX)} bytes in UTF-8, LMDB keys hold at most '
+            f'{MAX_KEY_BYTES - len(IMAGE_KEY_PREFIX)} ({MAX_KEY_BYTES} with the "{IMAGE_KEY_PREFIX}" '
+            'prefix); shorten the file name (and its "file_name" in the JSON)')
+    return None
+
+
 def _validate_records(data: dict, bbox_tolerance: float, problems: list[Problem]):
     """Return (categories, images, anns_by_image) keeping only valid records, in source order."""
     categories, cat_ids = [], set()
@@ -169,6 +208,11 @@ def _validate_records(data: dict, bbox_tolerance: float, problems: list[Problem]
                 or w <= 0 or h <= 0:
             problems.append(Problem('bad_image_record', f'malformed image record {im!r}',
                                     image_id=iid, file_name=fname if isinstance(fname, str) else None))
+            continue
+        name_problem = _file_name_problem(fname)
+        if name_problem is not None:
+            problems.append(Problem(name_problem[0], name_problem[1], iid, fname,
+                                    action='skipped with its annotations'))
             continue
         if id_count[iid] > 1:
             problems.append(Problem('duplicate_image_id',
@@ -247,6 +291,8 @@ def check_image(path: str, width: int, height: int) -> tuple[bytes | None, str |
         return None, 'image file is missing'
     except OSError as e:
         return None, f'cannot read image file ({e.strerror})'
+    except ValueError as e:  # a path Python cannot pass to the OS
+        return None, f'cannot open image file ({e})'
     try:
         with Image.open(io.BytesIO(data)) as im:
             size = im.size
@@ -261,20 +307,83 @@ def check_image(path: str, width: int, height: int) -> tuple[bytes | None, str |
     return data, None
 
 
-def _check_image_task(args: tuple[str, int, int]) -> tuple[bytes | None, str | None]:
-    return check_image(*args)
+def _check_chunk(tasks: list[tuple[str, int, int]]) -> list[tuple[bytes | None, str | None]]:
+    return [check_image(*t) for t in tasks]
 
 
-def _checked_images(img_dir: str, images: list[dict], num_workers: int
-                    ) -> Iterator[tuple[dict, bytes | None, str | None]]:
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this worker die as soon as the packer does, even by ``kill -9`` (nothing else would end it:
+    it waits forever on a task queue whose write end it inherited itself)."""
+    if sys.platform.startswith('linux'):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent_pid:  # the packer died before the signal was armed
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
+
+
+def _worker_init(parent_pid: int, close_fds: tuple[int, ...]) -> None:
+    # Ctrl-C reaches the whole process group: the packer stops its workers itself, without their tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a forked worker holds copies of the packer's descriptors: the lock file's must not outlive it
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _exit_with_parent(parent_pid)
+
+
+def max_images_in_flight(num_workers: int) -> int:
+    """The most images read (or being read) by workers and not yet taken by the writer."""
+    return (TASKS_PER_WORKER * num_workers + 1) * CHUNK_IMAGES
+
+
+def _checked_images(img_dir: str, images: list[dict], num_workers: int, close_fds: tuple[int, ...] = (),
+                    pool_factory=ProcessPoolExecutor) -> Iterator[tuple[dict, bytes | None, str | None]]:
+    """``(image record, bytes or None, problem or None)`` in the order of ``images``.
+
+    With workers, at most ``TASKS_PER_WORKER * num_workers`` tasks of ``CHUNK_IMAGES`` images are
+    submitted ahead of the consumer (``Executor.map`` would submit all of them at once and hold every
+    image's bytes in memory when the writer is slower than the readers).
+    """
     tasks = [(osp.join(img_dir, im['file_name']), im['width'], im['height']) for im in images]
     if num_workers <= 1:
         for im, t in zip(images, tasks):
             yield (im, *check_image(*t))
         return
-    with ProcessPoolExecutor(num_workers) as pool:
-        for im, res in zip(images, pool.map(_check_image_task, tasks, chunksize=16)):
-            yield (im, *res)
+    starts = iter(range(0, len(tasks), CHUNK_IMAGES))
+    with pool_factory(max_workers=num_workers, initializer=_worker_init,
+                      initargs=(os.getpid(), tuple(close_fds))) as pool:
+        pending: deque = deque()
+
+        def submit_next() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append((start, pool.submit(_check_chunk, tasks[start:start + CHUNK_IMAGES])))
+
+        for _ in range(TASKS_PER_WORKER * num_workers):
+            submit_next()
+        while pending:
+            start, future = pending.popleft()
+            results = future.result()
+            submit_next()  # keep the workers busy while this chunk is written
+            for im, res in zip(images[start:start + CHUNK_IMAGES], results):
+                yield (im, *res)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,20 +407,183 @@ class _GrowingWriter:
             except lmdb.MapFullError:
                 self.map_size *= 2
                 self.env.set_mapsize(self.map_size)
+            except lmdb.BadValsizeError:  # keys are checked when the JSON is read; this is a safety net
+                bad = [k for k, _ in items if not k or len(k) > MAX_KEY_BYTES]
+                raise PackError(f'LMDB refused the key {bad[0] if bad else items[0][0]!r} (keys hold 1 to '
+                                f'{MAX_KEY_BYTES} bytes); nothing was written.') from None
 
     def close(self) -> None:
         self.env.sync(True)
         self.env.close()
 
 
-def _existing_state(final: str) -> str:
-    if not osp.exists(final):
-        return 'absent'
+# ----------------------------------------------------------------------------------------------------
+# the target directory: lock, leftovers of killed runs, the existing pack, failed writes
+# ----------------------------------------------------------------------------------------------------
+def _mb(n: int) -> str:
+    return f'{n / 1e6:.1f} MB'
+
+
+def _available_bytes(path: str) -> int | None:
     try:
-        load_packed(final)
-        return 'complete'
-    except LmdbFormatError:
-        return 'foreign'
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+def _write_failure(exc: OSError | lmdb.Error, target_dir: str, doing: str, need: int = 0,
+                   after: str = '') -> PackError:
+    """The error to show for a failed write into ``target_dir``: a full disk is named as such (liblmdb
+    reports a write cut short by it as ``mdb_txn_commit: Input/output error``), a read-only or foreign
+    target too."""
+    code = getattr(exc, 'errno', None)
+    text = str(exc) if isinstance(exc, lmdb.Error) or not getattr(exc, 'strerror', None) else exc.strerror
+    free = _available_bytes(target_dir)
+    full = code in (errno.ENOSPC, errno.EDQUOT) or 'No space left' in text or 'Disk quota' in text
+    if not full and isinstance(exc, lmdb.Error) and free is not None:
+        full = free < 2 * BATCH_BYTES + (1 << 20)
+    after = f' {after}' if after else ''
+    if full:
+        room = f' ({_mb(free)} free)' if free is not None else ''
+        want = f' for about {_mb(need)}' if need else ''
+        return PackError(f'no space left on {target_dir}{room} while {doing} [{text}].{after} '
+                         f'Make room{want} or choose another --target-data-dir, then rerun the same command.')
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return PackError(f'cannot write to {target_dir} while {doing}: {text}.{after} Choose a writable '
+                         f'--target-data-dir (or make {target_dir} writable), then rerun.')
+    return PackError(f'writing into {target_dir} failed while {doing}: {text}.{after} Fix the cause and '
+                     'rerun the same command.')
+
+
+class _SplitLock:
+    """``{target}/{split}_lmdb.lock``, held with ``flock`` for a whole pack so that two packers of one split
+    exclude each other (and neither removes the other's temporary directory); removed on release."""
+
+    def __init__(self, target_dir: str, split: str):
+        self.target_dir, self.split = target_dir, split
+        self.path = osp.join(target_dir, f'{split}_lmdb.lock')
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise _write_failure(e, self.target_dir, f'creating the lock file {self.path}') from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors='replace').strip()
+                os.close(fd)
+                pid = f', pid {holder}' if holder.isdigit() else ''
+                raise PackError(f'another packer is writing split {self.split!r} into {self.target_dir} (it '
+                                f'holds {self.path}{pid}). Wait for it to finish, or stop it and rerun; two '
+                                'packs of one split cannot be written at once.') from None
+            except OSError as e:
+                os.close(fd)
+                raise _write_failure(e, self.target_dir, f'locking {self.path}') from None
+            # the previous holder removes the file when it is done: lock the file that is there now
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f'{os.getpid()}\n'.encode())
+        except OSError:  # only informational (the pid in the message of a second packer)
+            pass
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still held: a packer that opened it meanwhile will retry
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+_MDB_MAGIC = 0xBEEFC0DE
+
+
+def _data_file_problem(data_path: str) -> str | None:
+    """Compare ``data.mdb``'s size with the size its newest LMDB meta page records, without mapping it:
+    liblmdb maps a truncated file beyond its end and the first read kills the process with SIGBUS."""
+    try:
+        size = osp.getsize(data_path)
+        with open(data_path, 'rb') as f:
+            metas = [f.read(160)]
+            if len(metas[0]) < 160 or struct.unpack_from('<I', metas[0], 16)[0] != _MDB_MAGIC:
+                return None  # not an LMDB of the layout known here: liblmdb judges it
+            psize = struct.unpack_from('<I', metas[0], 40)[0]
+            f.seek(psize)
+            metas.append(f.read(160))
+    except OSError as e:
+        return f'cannot read {data_path}: {e.strerror}'
+    txnid, last_pg = max(struct.unpack_from('<QQ', m, 136)[::-1] for m in metas
+                         if len(m) == 160 and struct.unpack_from('<I', m, 16)[0] == _MDB_MAGIC)
+    need = (last_pg + 1) * psize
+    if size < need:
+        return f'{data_path} is truncated: {size} bytes, its LMDB metadata needs {need}'
+    return None
+
+
+def _pack_state(path: str) -> tuple[str, str]:
+    """('absent' | 'complete' | 'foreign' | 'broken' | 'file', detail) of a would-be pack directory."""
+    if not osp.lexists(path):
+        return 'absent', ''
+    if not osp.isdir(path):
+        return 'file', ''
+    if not osp.isfile(osp.join(path, 'data.mdb')):
+        return 'foreign', 'no data.mdb in it'
+    problem = _data_file_problem(osp.join(path, 'data.mdb'))
+    if problem is not None:
+        return 'broken', problem
+    try:
+        load_packed(path)
+        return 'complete', ''
+    except LmdbFormatError as e:
+        return 'foreign', str(e)
+    except lmdb.Error as e:
+        return 'broken', f'LMDB cannot read it: {e}'
+    except Exception as e:  # a manifest, category list or index that does not parse
+        return 'broken', f'its contents do not parse: {type(e).__name__}: {e}'
+
+
+def _remove(path: str) -> None:
+    if osp.isdir(path) and not osp.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _clean_leftovers(target_dir: str, split: str, final: str, log) -> None:
+    """Remove what killed runs left (under the lock, so none of it belongs to a running packer).
+
+    A kill between the two renames of an ``--overwrite`` leaves no pack in place but the previous one in
+    ``.old-*``: it is put back first, so nothing that was good is lost.
+    """
+    prefix = f'.{split}_lmdb.'
+    names = sorted(n for n in os.listdir(target_dir) if n.startswith(prefix))
+    if not osp.lexists(final):
+        olds = [n for n in names if n.startswith(prefix + 'old-')
+                and _pack_state(osp.join(target_dir, n))[0] == 'complete']
+        if olds:
+            newest = max(olds, key=lambda n: os.stat(osp.join(target_dir, n)).st_mtime)
+            os.rename(osp.join(target_dir, newest), final)
+            names.remove(newest)
+            log(f'restored {final} from {newest}, left by an interrupted --overwrite')
+    for name in names:
+        _remove(osp.join(target_dir, name))
 
 
 def _fsync_dir(path: str) -> None:
@@ -320,6 +592,23 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _swap_into_place(tmp: str, final: str, old: str) -> None:
+    """Rename ``tmp`` to ``final``, atomically for readers: they see the old pack or the new one."""
+    target_dir = osp.dirname(final) or '.'
+    if osp.lexists(final):
+        os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.rename(old, final)
+            raise
+        _fsync_dir(target_dir)
+        _remove(old)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(target_dir)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -341,19 +630,38 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
                         f'{src_dir}/annotations/instances_{split}2017.json and {src_dir}/{split}2017/.')
     if not osp.isdir(img_dir):
         raise PackError(f'split {split!r}: image directory {img_dir} does not exist.')
-    final = target_path(target_dir, split)
-    state = _existing_state(final)
-    if state != 'absent' and not overwrite:
-        what = 'a complete pack' if state == 'complete' else 'something that is not a complete pack'
-        raise PackError(f'{final} already exists ({what}); not overwriting it. '
-                        'Pass --overwrite to replace it, or choose another --target-data-dir.')
+    if osp.exists(target_dir) and not osp.isdir(target_dir):
+        raise PackError(f'the target directory {target_dir} is a file, not a directory; it was left as it '
+                        'is. Choose another --target-data-dir.')
+    try:
+        os.makedirs(target_dir, exist_ok=True)
+    except OSError as e:
+        raise _write_failure(e, target_dir, 'creating the target directory') from None
+    lock = _SplitLock(target_dir, split)
+    lock.acquire()
+    try:
+        return _pack_locked(t0, ann_path, img_dir, target_dir, split, lock, with_segmentation, strict,
+                            overwrite, num_workers, bbox_tolerance, map_size, progress, log)
+    finally:
+        lock.release()
 
-    os.makedirs(target_dir, exist_ok=True)
-    # leftovers of killed runs: never complete, safe to remove
-    stale_prefix = f'.{split}_lmdb.'
-    for name in os.listdir(target_dir):
-        if name.startswith(stale_prefix):
-            shutil.rmtree(osp.join(target_dir, name), ignore_errors=True)
+
+def _pack_locked(t0, ann_path, img_dir, target_dir, split, lock, with_segmentation, strict, overwrite,
+                 num_workers, bbox_tolerance, map_size, progress, log) -> PackResult:
+    final = target_path(target_dir, split)
+    try:
+        _clean_leftovers(target_dir, split, final, log)
+    except OSError as e:
+        raise _write_failure(e, target_dir, 'removing what an earlier, killed run left') from None
+    state, detail = _pack_state(final)
+    if state == 'file':
+        raise PackError(f'{final} is a file, not a pack; it was left as it is (--overwrite replaces packs '
+                        'only). Move or remove it, or choose another --target-data-dir.')
+    if state != 'absent' and not overwrite:
+        what = {'complete': 'a complete pack', 'broken': f'a damaged pack: {detail}'}.get(
+            state, 'something that is not a complete pack')
+        raise PackError(f'{final} already exists ({what}); not overwriting it, it was left as it is. '
+                        'Pass --overwrite to replace it, or choose another --target-data-dir.')
 
     data, sha256 = _load_json(ann_path)
     problems: list[Problem] = []
@@ -365,19 +673,28 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
     if strict and problems:
         raise PackError(f'{len(problems)} problem(s) in {ann_path} and --strict is set; nothing written.')
 
-    tmp = osp.join(target_dir, f'{stale_prefix}tmp-{uuid.uuid4().hex[:8]}')
-    os.makedirs(tmp)
+    est = sum(osp.getsize(osp.join(img_dir, im['file_name']))
+              for im in images if osp.isfile(osp.join(img_dir, im['file_name'])))
     if map_size is None:
-        est = sum(osp.getsize(osp.join(img_dir, im['file_name']))
-                  for im in images if osp.isfile(osp.join(img_dir, im['file_name'])))
         map_size = int(est * 1.25) + (64 << 20)
-    writer = _GrowingWriter(tmp, map_size)
-    bar = _progress(len(images), f'pack {split}', progress)
+    free = _available_bytes(target_dir)
+    if free is not None and est > free:
+        log(f'warning: {target_dir} has {_mb(free)} free but the images alone take {_mb(est)}; the pack '
+            'will most likely stop with "no space left"')
+
+    prefix = f'.{split}_lmdb.'
+    tmp = osp.join(target_dir, f'{prefix}tmp-{uuid.uuid4().hex[:8]}')
+    writer = bar = None
+    stage = f'creating {tmp}'
     try:
+        os.makedirs(tmp)
+        writer = _GrowingWriter(tmp, map_size)
+        bar = _progress(len(images), f'pack {split}', progress)
+        stage = f'writing images into {tmp}'
         cols: dict[str, list] = defaultdict(list)
         batch: list[tuple[bytes, bytes]] = []
-        n_bytes = n_anns = n_crowd = 0
-        for im, img_bytes, problem in _checked_images(img_dir, images, num_workers):
+        n_bytes = n_anns = n_crowd = batch_bytes = 0
+        for im, img_bytes, problem in _checked_images(img_dir, images, num_workers, close_fds=(lock.fd,)):
             anns = anns_by_image.get(im['id'], [])
             if problem is not None:
                 p = Problem('bad_image', problem, im['id'], im['file_name'],
@@ -404,9 +721,10 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
                     batch.append((seg_key(im['id']),
                                   json.dumps([a['segmentation'] for a in anns]).encode()))
                 n_bytes += len(img_bytes)
-            if len(batch) >= BATCH_IMAGES:
+                batch_bytes += len(img_bytes)
+            if len(batch) >= BATCH_IMAGES or batch_bytes >= BATCH_BYTES:
                 writer.put_many(batch)
-                batch = []
+                batch, batch_bytes = [], 0
             if bar is not None:
                 bar.update(1)
                 dt = max(time.perf_counter() - t0, 1e-9)
@@ -414,6 +732,7 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
                                     refresh=False)
         if strict and problems:
             raise PackError(f'{len(problems)} problem(s) and --strict is set; nothing written.')
+        stage = f'writing the last images and the index into {tmp}'
         columns = dict(
             image_id=np.asarray(cols['image_id'], np.int64),
             width=np.asarray(cols['width'], np.int32),
@@ -444,30 +763,43 @@ def pack_coco(src_dir: str, target_dir: str, split: str, *, with_segmentation: b
         writer.close()
         writer = None
         _fsync_dir(tmp)
+        # swap into place: rename is atomic, so readers see either nothing/the old pack or the new one
+        stage = f'moving {tmp} to {final}'
+        _swap_into_place(tmp, final, osp.join(target_dir, f'{prefix}old-{uuid.uuid4().hex[:8]}'))
+    except (OSError, lmdb.Error) as e:
+        kept = f'{final} was not changed' if osp.lexists(final) else 'nothing else was written'
+        err = _write_failure(e, target_dir, stage, need=est, after=f'The partial pack was removed; {kept}.')
+        _discard(writer, tmp)
+        raise err from None
+    except BrokenProcessPool:
+        _discard(writer, tmp)
+        raise PackError('a worker process reading images died (killed, perhaps for lack of memory); nothing '
+                        'was written. Rerun with fewer --num-workers.') from None
     except BaseException:
-        if writer is not None:
-            writer.env.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(writer, tmp)
         raise
     finally:
         if bar is not None:
             bar.close()
 
-    # swap into place: rename is atomic, so readers see either nothing/the old pack or the new one
-    if osp.exists(final):
-        old = osp.join(target_dir, f'{stale_prefix}old-{uuid.uuid4().hex[:8]}')
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    _fsync_dir(target_dir)
-
     result = PackResult(target=final, num_images=manifest['num_images'], num_annotations=n_anns,
                         num_crowd=n_crowd, problems=problems, seconds=time.perf_counter() - t0,
                         bytes_written=n_bytes, report_path=report_path(target_dir, split))
-    _write_report(result, manifest)
+    try:
+        _write_report(result, manifest)
+    except OSError as e:
+        raise _write_failure(e, target_dir, f'writing the report {result.report_path}',
+                             after=f'The pack {final} itself is complete.') from None
     return result
+
+
+def _discard(writer: _GrowingWriter | None, tmp: str) -> None:
+    if writer is not None:
+        try:
+            writer.env.close()
+        except lmdb.Error:
+            pass
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_report(result: PackResult, manifest: dict) -> None:

@@ -6,7 +6,11 @@
 
 reads ``SRC/annotations/instances_{split}2017.json`` and ``SRC/{split}2017/`` and writes
 ``TARGET/{split}_lmdb/`` plus ``TARGET/{split}_pack_report.json``. Exit status: 0 packed (problems, if any,
-were skipped and reported), 1 a problem stopped the pack (nothing written), 2 bad arguments.
+were skipped and reported), 1 a problem stopped the pack (nothing written), 2 bad arguments, 130 interrupted.
+
+The pack is built in a temporary directory beside the target and renamed into place when complete: an
+interrupted or killed run leaves the previous state as it was, and rerunning the same command finishes
+the job. ``TARGET/{split}_lmdb.lock`` keeps a second packer of the same split out while one runs.
 """
 import argparse
 import sys
@@ -43,6 +47,10 @@ def main(argv=None) -> int:
     except PackError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print('interrupted: the partial pack was removed and nothing else was changed; rerun the same '
+              'command to pack again.', file=sys.stderr)
+        return 130
     for line in summarize(result):
         print(line)
     return 0
