@@ -8,9 +8,11 @@ on the demo val set, all measured in one run.
 
 The checkpoint is exported with ``tools/deploy/export_onnx.py``'s code (dynamic shapes, NMS inside)
 and quantized with ``quantize_onnx.py``'s (int8 convolutions, calibrated on the train set). Latency is
-the median of ``--runs`` end-to-end passes on the same real, normalised 512x512 image -- PyTorch
-``model.predict`` (network + post-processing + NMS) vs one ONNX Runtime ``run`` -- with the three
-backends interleaved so machine noise hits them alike. ``--write`` puts the table into
+the median of ``--runs`` end-to-end passes on the same real image (the first val image, resized to
+512x512 and normalised by the val pipeline and data preprocessor) -- PyTorch ``model.predict``
+(network + post-processing + NMS) vs one ONNX Runtime ``run`` -- with the three backends interleaved
+so machine noise hits them alike. Evaluation, the latency input and the timing loop are
+``fcos_plugin.deploy.evaluation``'s, as in ``quantize_onnx.py``. ``--write`` puts the table into
 benchmarks/RESULTS.md under "## ONNX export and int8" (replacing that section only).
 """
 from __future__ import annotations
@@ -21,14 +23,12 @@ import datetime
 import glob
 import os
 import os.path as osp
-import time
 
-import cv2
-import numpy as np
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '## ONNX export and int8'
+LATENCY_HW = (512, 512)
 TARGET_SPEEDUP = 2.0
 
 
@@ -45,36 +45,6 @@ def parse_args():
     parser.add_argument('--num-images', type=int, help='evaluate the first N val images only')
     parser.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     return parser.parse_args()
-
-
-def normalised_512(cfg, image: str) -> torch.Tensor:
-    """(1, 3, 512, 512): the image resized to 512x512 and normalised by the model's preprocessor."""
-    from mmdet.registry import MODELS
-    img = cv2.resize(cv2.imread(image), (512, 512), interpolation=cv2.INTER_LINEAR)
-    preprocessor = MODELS.build(copy.deepcopy(cfg.model.data_preprocessor))
-    batch = dict(inputs=[torch.from_numpy(img).permute(2, 0, 1).contiguous()])
-    return preprocessor(batch, False)['inputs']
-
-
-def latencies(torch_model, sessions: dict, x: torch.Tensor, runs: int) -> dict:
-    from mmdet.structures import DetDataSample
-    meta = dict(img_shape=(512, 512), ori_shape=(512, 512), scale_factor=(1.0, 1.0),
-                pad_shape=(512, 512), batch_input_shape=(512, 512))
-    samples = [DetDataSample(metainfo=meta)]
-    x_np = x.numpy()
-    fns = {'PyTorch eager': lambda: torch_model.predict(x, copy.deepcopy(samples), rescale=False)}
-    for name, sess in sessions.items():
-        fns[name] = lambda sess=sess: sess.run(None, {'input': x_np})
-    times = {k: [] for k in fns}
-    with torch.no_grad():
-        for fn in fns.values():  # warm-up
-            fn()
-        for _ in range(runs):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
 
 
 def write_section(text: str) -> str:
@@ -96,17 +66,10 @@ def write_section(text: str) -> str:
 
 def main():
     args = parse_args()
-    import onnxruntime as ort
     from mmdeploy.apis import build_task_processor
 
-    from fcos_plugin.deploy.api import (
-        evaluate,
-        export_onnx,
-        init_scope,
-        load_deploy_cfg,
-        load_model_cfg,
-        quantize_int8,
-    )
+    from fcos_plugin.deploy.api import export_onnx, init_scope, load_deploy_cfg, load_model_cfg, quantize_int8
+    from fcos_plugin.deploy.evaluation import evaluate, latency_input, median_latency_ms, ort_session
     torch.set_num_threads(args.threads)
     init_scope()
     root = osp.abspath(args.data_root)
@@ -120,18 +83,18 @@ def main():
 
     task = build_task_processor(copy.deepcopy(cfg), load_deploy_cfg(paths['deploy_cfg']), 'cpu')
     torch_model = task.build_pytorch_model(args.ckpt)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    sessions = {name: ort.InferenceSession(p, options, providers=['CPUExecutionProvider'])
-                for name, p in (('ORT float', float_model), ('ORT int8', int8_model))}
-    image = sorted(glob.glob(osp.join(root, 'val2017', '*.jpg')))[0]
-    lat = latencies(torch_model, sessions, normalised_512(cfg, image), args.runs)
+    x, samples = latency_input(cfg, float_model, shape=LATENCY_HW)
+    x_np = x.numpy()
+    fns = {'PyTorch eager': lambda: torch_model.predict(x, copy.deepcopy(samples), rescale=False)}
+    for name, path in (('ORT float', float_model), ('ORT int8', int8_model)):
+        session = ort_session(path, args.threads)
+        fns[name] = lambda session=session: session.run(None, {'input': x_np})
+    lat = median_latency_ms(fns, args.runs)
 
-    maps = {'PyTorch eager': evaluate(cfg, torch_model, paths['deploy_cfg'], args.num_images,
+    maps = {'PyTorch eager': evaluate(cfg, torch_model, paths['deploy_cfg'], num_images=args.num_images,
                                       log=quiet),
-            'ORT float': evaluate(cfg, float_model, indices=args.num_images, log=quiet),
-            'ORT int8': evaluate(cfg, int8_model, indices=args.num_images, log=quiet)}
+            'ORT float': evaluate(cfg, float_model, num_images=args.num_images, log=quiet),
+            'ORT int8': evaluate(cfg, int8_model, num_images=args.num_images, log=quiet)}
     eager = lat['PyTorch eager']
     rows = ['| backend | latency ms (median) | speed-up vs eager | bbox mAP | mAP_50 |',
             '|---|---|---|---|---|']
@@ -152,7 +115,7 @@ def main():
         f'Model: {osp.basename(args.config)}, exported end to end (NMS inside, dynamic shapes); '
         f'int8: ONNX Runtime static QDQ quantization of the convolutions '
         f'only (per-channel int8 weights, uint8 activations, MinMax over {args.num_calib} train '
-        f'images), post-processing float. Latency: 1x3x512x512, {args.threads} threads, '
+        f'images), post-processing float. Latency: {"x".join(map(str, x.shape))}, {args.threads} threads, '
         f'end-to-end (network + decoding + NMS). mAP: {n_val} demo val images, the config\'s '
         f'test pipeline.', '', *rows, '',
         f'ORT float vs PyTorch eager: **{speedup:.2f}x** (target >= {TARGET_SPEEDUP:.0f}x: '

@@ -1,12 +1,13 @@
-"""Export to ONNX through mmdeploy, evaluate ONNX models and quantize them to int8.
+"""Export to ONNX through mmdeploy, check exported models and quantize them to int8.
 
-The command-line tools in ``tools/deploy/`` are thin wrappers around these functions:
+The command-line tools in ``tools/deploy/`` are thin wrappers around these functions (evaluation
+and latency are in :mod:`fcos_plugin.deploy.evaluation`):
 
 * :func:`export_onnx` -- ``mmdeploy.apis.torch2onnx`` + ``export2SDK`` into a complete mmdeploy work
   directory (``MODEL.onnx``, ``deploy.json``, ``pipeline.json``, ``detail.json``), plus
   ``deploy_cfg.py`` (the deploy config actually used) and ``export_meta.json`` (class names, shapes);
-* :func:`evaluate` -- COCO metrics of an ONNX model (mmdeploy's backend model) or a PyTorch model on
-  the config's val set, with the config's ``val_evaluator``;
+* :func:`check_input_shape` -- the input size of an exported model against its deploy config and
+  ``export_meta.json``, before anything expensive runs;
 * :func:`quantize_int8` -- ONNX Runtime static int8 quantization of the convolutions, calibrated on
   the config's train set.
 
@@ -33,8 +34,8 @@ from .rewriters import EXPORT_CFG_KEY, check_exportable_test_cfg
 
 __all__ = [
     'DEFAULT_DEPLOY_CFG', 'DeployError', 'ExportResult', 'STATIC_DEPLOY_CFG', 'SDK_FILES',
-    'build_dataloader', 'check_checkpoint', 'check_onnx_model', 'ensure_free', 'evaluate',
-    'export_onnx', 'init_scope', 'load_deploy_cfg', 'load_model_cfg', 'quantize_int8',
+    'build_dataloader', 'check_checkpoint', 'check_input_shape', 'check_onnx_model', 'ensure_free',
+    'export_onnx', 'init_scope', 'load_deploy_cfg', 'load_model_cfg', 'onnx_input_dims', 'quantize_int8',
     'static_input_shape', 'write_json_atomic'
 ]
 
@@ -197,6 +198,60 @@ def _deploy_cfg_for(model_path: str, deploy_cfg: Union[str, Config, None]) -> Co
         if osp.isfile(beside):
             deploy_cfg = beside
     return load_deploy_cfg(deploy_cfg)
+
+
+def onnx_input_dims(path: str) -> List[Union[int, str, None]]:
+    """The dimensions of an ONNX model's ``input``: ints where static, axis names (or None) where dynamic.
+
+    Raises:
+        DeployError: unreadable model, or no graph input named ``input``.
+    """
+    import onnx
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as e:  # noqa: BLE001
+        raise DeployError(f'{path} is not a valid ONNX model: {str(e).splitlines()[0]}') from None
+    for value in graph.input:
+        if value.name == 'input':
+            return [d.dim_value if d.HasField('dim_value') else (d.dim_param or None)
+                    for d in value.type.tensor_type.shape.dim]
+    raise DeployError(f'{path} has no graph input named "input" (inputs: '
+                      f'{", ".join(v.name for v in graph.input)})')
+
+
+def check_input_shape(path: str, deploy_cfg: Config) -> Optional[Tuple[int, int]]:
+    """Check the input size of an exported model against its deploy config and export metadata.
+
+    A static model (fixed height and width in the graph) must be run with a deploy config of the
+    same static size, or the val/calibration pipeline would feed it other sizes and ONNX Runtime
+    would fail after minutes of work; the ``export_meta.json`` beside it, if any, must say the same.
+
+    Returns:
+        (height, width) of a static model, None for dynamic height and width.
+
+    Raises:
+        DeployError: the graph, the deploy config and ``export_meta.json`` disagree (says which).
+    """
+    dims = onnx_input_dims(path)
+    if len(dims) != 4:
+        raise DeployError(f'{path}: input has {len(dims)} dimensions, expected (N, 3, H, W)')
+    graph_hw = tuple(dims[2:]) if all(isinstance(d, int) for d in dims[2:]) else None
+    cfg_wh = static_input_shape(deploy_cfg)
+    cfg_hw = tuple(int(v) for v in cfg_wh[::-1]) if cfg_wh else None
+    show = lambda hw: f'static {hw[0]}x{hw[1]} (height x width)' if hw else 'dynamic'
+    if graph_hw is not None and cfg_hw != graph_hw:
+        raise DeployError(f'{path} is {show(graph_hw)} but deploy config {deploy_cfg.filename or ""} is '
+                          f'{show(cfg_hw)}: pass the deploy config it was exported with (--deploy-cfg; '
+                          f'default: the {DEPLOY_CFG_FILE} beside the model)')
+    meta_path = osp.join(osp.dirname(osp.abspath(path)), META_FILE)
+    if osp.isfile(meta_path):
+        with open(meta_path) as f:
+            meta_hw = json.load(f).get('input_shape_hw')
+        meta_hw = tuple(int(v) for v in meta_hw) if meta_hw else None
+        if meta_hw != graph_hw:
+            raise DeployError(f'{path} is {show(graph_hw)} but {meta_path} says {show(meta_hw)}: the '
+                              'model is not the one exported into its directory')
+    return graph_hw
 
 
 def _build_model(model_cfg: Config) -> torch.nn.Module:
@@ -403,14 +458,14 @@ def _static_pipeline(pipeline: list, input_shape: Optional[List[int]]) -> list:
 
 
 def build_dataloader(model_cfg: Config, split: str, pipeline: list,
-                     batch_size: Optional[int] = None, indices: Optional[int] = None):
+                     batch_size: Optional[int] = None, num_images: Optional[int] = None):
     """The config's ``train``/``val`` dataloader with ``pipeline``, in order, without workers
-    (the train set unfiltered, for calibration); the first ``indices`` images if given."""
+    (the train set unfiltered, for calibration); the first ``num_images`` images if given."""
     from mmengine.runner import Runner
     dl = copy.deepcopy(model_cfg[f'{split}_dataloader'])
     dl.dataset.pipeline = pipeline
-    if indices is not None:
-        dl.dataset.indices = indices
+    if num_images is not None:
+        dl.dataset.indices = num_images
     if batch_size is not None:
         dl.batch_size = batch_size
     dl.num_workers = 0  # the LMDB reads are cheap; workers would copy the process
@@ -427,57 +482,6 @@ def build_dataloader(model_cfg: Config, split: str, pipeline: list,
                           f'{str(e).splitlines()[0]}') from None
 
 
-def evaluate(model_cfg: Union[str, Config],
-             model: Union[str, torch.nn.Module],
-             deploy_cfg: Union[str, Config, None] = None,
-             indices: Optional[int] = None,
-             batch_size: Optional[int] = None,
-             log: Log = print) -> Dict[str, float]:
-    """COCO metrics of an ONNX model (path) or a PyTorch detector on the config's val set.
-
-    ONNX models run through mmdeploy's backend model (ONNX Runtime, same data preprocessor,
-    boxes divided by ``scale_factor``); the metric is the config's ``val_evaluator``.
-
-    Args:
-        model_cfg: model config.
-        model: ``.onnx`` path, or an mmdet detector in eval mode.
-        deploy_cfg: the deploy config of the ONNX model (its static shape decides the pipeline);
-            by default the ``deploy_cfg.py`` exported next to it.
-        indices: evaluate the first N images only.
-        batch_size: overrides the config's val batch size.
-
-    Returns:
-        dict[str, float]: the evaluator's metrics (e.g. ``coco/bbox_mAP``).
-    """
-    from mmdeploy.apis import build_task_processor
-    from mmengine.evaluator import Evaluator
-    init_scope()
-    model_cfg = load_model_cfg(model_cfg)
-    deploy_cfg = (_deploy_cfg_for(model, deploy_cfg) if isinstance(model, str)
-                  else load_deploy_cfg(deploy_cfg))
-    if isinstance(model, str):
-        if not osp.isfile(model):
-            raise DeployError(f'model {model} does not exist')
-        check_onnx_model(model)
-        task = build_task_processor(copy.deepcopy(model_cfg), deploy_cfg, 'cpu')
-        runner_model = task.build_backend_model([model])
-    else:
-        runner_model = model
-    pipeline = _static_pipeline(model_cfg.val_dataloader.dataset.pipeline,
-                                static_input_shape(deploy_cfg))
-    loader = build_dataloader(model_cfg, 'val', pipeline, batch_size, indices)
-    evaluator = Evaluator(copy.deepcopy(model_cfg.val_evaluator))
-    evaluator.dataset_meta = loader.dataset.metainfo
-    t0 = time.time()
-    with torch.no_grad():
-        for data in loader:
-            evaluator.process(data_samples=runner_model.test_step(data), data_batch=data)
-    metrics = evaluator.evaluate(len(loader.dataset))
-    log(f'evaluated {len(loader.dataset)} images in {time.time() - t0:.1f} s')
-    return {k: float(v) if isinstance(v, (int, float, np.floating)) else v
-            for k, v in metrics.items()}
-
-
 # ------------------------------------------------------------------------------------------------
 # int8 quantization
 # ------------------------------------------------------------------------------------------------
@@ -487,7 +491,7 @@ def _calibration_batches(model_cfg: Config, deploy_cfg: Config,
     from mmdet.registry import MODELS
     pipeline = _static_pipeline(model_cfg.test_pipeline, static_input_shape(deploy_cfg))
     pipeline = [t for t in pipeline if t['type'] != 'LoadAnnotations']
-    loader = build_dataloader(model_cfg, 'train', pipeline, batch_size=1, indices=num_images)
+    loader = build_dataloader(model_cfg, 'train', pipeline, batch_size=1, num_images=num_images)
     preprocessor = MODELS.build(copy.deepcopy(model_cfg.model.data_preprocessor))
     for data in loader:
         yield preprocessor(data, False)['inputs'].numpy()
@@ -531,6 +535,7 @@ def quantize_int8(model_cfg: Union[str, Config],
         raise DeployError('the int8 model must be written to another file than the float model')
     ensure_free([onnx_out], force)
     check_onnx_model(onnx_in)
+    check_input_shape(onnx_in, deploy_cfg)  # before calibration: a wrong size fails there
     try:
         method = getattr(CalibrationMethod, calibrate_method)
     except AttributeError:

@@ -10,22 +10,24 @@ Only the convolutions (backbone, neck, head) are quantized, as QDQ with int8 per
 uint8 activations; score computation, box decoding, top-k and NMS stay float. The deploy config is
 the ``deploy_cfg.py`` next to the model (written by ``export_onnx.py``); the int8 model reuses the
 model's directory files (``pipeline.json``...), so by default it is written next to it.
+
+Latency is the median of 10 interleaved ONNX Runtime runs of each model on 2 threads, on the first val
+image preprocessed as in the evaluation: at the model's static input size, or for a dynamic model
+the size the test pipeline gives. The model's input size is checked against its deploy config and
+``export_meta.json`` before calibration, so a mismatch fails in seconds.
 """
+from __future__ import annotations
+
 import argparse
 import os.path as osp
-import time
 
-import numpy as np
 from mmengine.config import DictAction
 
-from fcos_plugin.deploy.api import (
-    DeployError,
-    ensure_free,
-    evaluate,
-    load_model_cfg,
-    quantize_int8,
-    write_json_atomic,
-)
+from fcos_plugin.deploy.api import DeployError, ensure_free, load_model_cfg, quantize_int8, write_json_atomic
+from fcos_plugin.deploy.evaluation import evaluate, latency_input, onnx_latency_ms
+
+LATENCY_THREADS = 2
+LATENCY_RUNS = 10
 
 
 def parse_args():
@@ -47,43 +49,35 @@ def parse_args():
     return parser.parse_args()
 
 
-def latency_ms(model: str, shape=(1, 3, 512, 512), threads: int = 2, runs: int = 10) -> float:
-    """Median ONNX Runtime latency of one forward pass on a random input."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
-    x = np.random.RandomState(0).standard_normal(shape).astype(np.float32)
-    sess.run(None, {'input': x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {'input': x})
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
-
-
 def main():
     args = parse_args()
     out = args.out or osp.splitext(args.model)[0] + '_int8.onnx'
     report = osp.splitext(out)[0] + '_report.json'
     ensure_free([out] + ([] if args.no_eval else [report]), args.force)
     cfg = load_model_cfg(args.config, args.cfg_options)
+    if not args.no_eval:  # the input size and the val set checked before calibration, not after
+        x, samples = latency_input(cfg, args.model, args.deploy_cfg)
     info = quantize_int8(cfg, args.model, out, args.deploy_cfg, num_calib=args.num_calib,
                          per_channel=not args.no_per_channel, reduce_range=args.reduce_range,
                          calibrate_method=args.calib_method, force=args.force)
     if args.no_eval:
         return
-    rows = {}
-    for name, path in (('float', args.model), ('int8', out)):
-        metrics = evaluate(cfg, path, args.deploy_cfg, indices=args.num_images)
-        rows[name] = dict(model=osp.abspath(path), bbox_mAP=metrics.get('coco/bbox_mAP'),
-                          latency_ms_1x3x512x512_2threads=latency_ms(path), metrics=metrics)
-    print(f'{"model":8s} {"bbox_mAP":>9s} {"latency ms":>11s}')
+    models = dict(float=args.model, int8=out)
+    rows = {name: dict(model=osp.abspath(path),
+                       metrics=evaluate(cfg, path, args.deploy_cfg, num_images=args.num_images))
+            for name, path in models.items()}
+    latency = onnx_latency_ms(models, x.numpy(), threads=LATENCY_THREADS, runs=LATENCY_RUNS)
     for name, row in rows.items():
-        print(f'{name:8s} {row["bbox_mAP"]!s:>9s} {row["latency_ms_1x3x512x512_2threads"]:11.1f}')
-    write_json_atomic(dict(quantization=info, **rows), report, force=args.force)
+        row.update(bbox_mAP=row['metrics'].get('coco/bbox_mAP'), latency_ms=latency[name])
+    shape = list(x.shape)
+    print(f'{"model":8s} {"bbox_mAP":>9s} {"latency ms":>11s}   '
+          f'({"x".join(map(str, shape))}, {LATENCY_THREADS} threads)')
+    for name, row in rows.items():
+        print(f'{name:8s} {row["bbox_mAP"]!s:>9s} {row["latency_ms"]:11.1f}')
+    write_json_atomic(dict(quantization=info,
+                           latency=dict(input_shape=shape, image=samples[0].img_path,
+                                        threads=LATENCY_THREADS, runs=LATENCY_RUNS),
+                           **rows), report, force=args.force)
     print(f'report written to {report}')
 
 

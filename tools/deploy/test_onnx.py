@@ -15,7 +15,8 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from fcos_plugin.deploy.api import DeployError, ensure_free, evaluate, load_model_cfg, write_json_atomic
+from fcos_plugin.deploy.api import DeployError, ensure_free, load_model_cfg, write_json_atomic
+from fcos_plugin.deploy.evaluation import evaluate
 
 
 def parse_args():
@@ -37,7 +38,7 @@ def main():
     out = args.out or osp.splitext(args.model)[0] + '_test_metrics.json'
     ensure_free([out], args.force)  # before minutes of evaluation, not after
     cfg = load_model_cfg(args.config, args.cfg_options)
-    metrics = evaluate(cfg, args.model, args.deploy_cfg, indices=args.num_images,
+    metrics = evaluate(cfg, args.model, args.deploy_cfg, num_images=args.num_images,
                        batch_size=args.batch_size)
     print(json.dumps(metrics, indent=1))
     write_json_atomic(dict(config=osp.abspath(args.config), model=osp.abspath(args.model),

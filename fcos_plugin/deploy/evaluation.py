@@ -1,0 +1,212 @@
+"""Evaluation and latency of deployed models, shared by ``tools/deploy/test_onnx.py``,
+``tools/deploy/quantize_onnx.py`` and ``benchmarks/bench_onnx.py``.
+
+* :func:`evaluate` -- COCO metrics of an ONNX model (mmdeploy's backend model) or a PyTorch model on
+  the config's val set, with the config's ``val_evaluator``;
+* :func:`latency_input` -- the network input of one real val image, preprocessed exactly as
+  :func:`evaluate` preprocesses it (so its size is the one the model is evaluated at);
+* :func:`ort_session` and :func:`median_latency_ms` -- ONNX Runtime CPU sessions with a fixed thread
+  count, and the median time of several callables run interleaved, so that machine noise hits them
+  alike.
+
+The input size of an ONNX model is checked against its deploy config and ``export_meta.json`` by
+:func:`fcos_plugin.deploy.api.check_input_shape` before anything runs.
+"""
+from __future__ import annotations
+
+import copy
+import os.path as osp
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+
+from .api import (
+    DeployError,
+    Log,
+    _deploy_cfg_for,
+    _static_pipeline,
+    build_dataloader,
+    check_input_shape,
+    check_onnx_model,
+    init_scope,
+    load_deploy_cfg,
+    load_model_cfg,
+    onnx_input_dims,
+    static_input_shape,
+)
+
+__all__ = ['evaluate', 'latency_input', 'median_latency_ms', 'onnx_latency_ms', 'ort_session']
+
+
+def evaluate(model_cfg: Union[str, Config],
+             model: Union[str, torch.nn.Module],
+             deploy_cfg: Union[str, Config, None] = None,
+             num_images: Optional[int] = None,
+             batch_size: Optional[int] = None,
+             log: Log = print) -> Dict[str, float]:
+    """COCO metrics of an ONNX model (path) or a PyTorch detector on the config's val set.
+
+    ONNX models run through mmdeploy's backend model (ONNX Runtime, same data preprocessor,
+    boxes divided by ``scale_factor``); the metric is the config's ``val_evaluator``.
+
+    Args:
+        model_cfg: model config.
+        model: ``.onnx`` path, or an mmdet detector in eval mode.
+        deploy_cfg: the deploy config of the ONNX model (its static shape decides the pipeline);
+            by default the ``deploy_cfg.py`` exported next to it.
+        num_images: evaluate the first N images only.
+        batch_size: overrides the config's val batch size; a model with a static batch size (every
+            static export) is run at that size by default.
+
+    Returns:
+        dict[str, float]: the evaluator's metrics (e.g. ``coco/bbox_mAP``).
+
+    Raises:
+        DeployError: missing or invalid model, an input size that contradicts the deploy config or
+            ``export_meta.json``, a batch size the model cannot take, or an unreadable val set.
+    """
+    from mmdeploy.apis import build_task_processor
+    from mmengine.evaluator import Evaluator
+    init_scope()
+    model_cfg = load_model_cfg(model_cfg)
+    if isinstance(model, str):
+        deploy_cfg = _deploy_cfg_for(model, deploy_cfg)
+        if not osp.isfile(model):
+            raise DeployError(f'model {model} does not exist')
+        check_onnx_model(model)
+        check_input_shape(model, deploy_cfg)
+        static_batch = onnx_input_dims(model)[0]
+        if isinstance(static_batch, int):
+            if batch_size is not None and batch_size != static_batch:
+                raise DeployError(f'--batch-size {batch_size}: {model} has a static batch size of '
+                                  f'{static_batch}')
+            batch_size = static_batch
+        task = build_task_processor(copy.deepcopy(model_cfg), deploy_cfg, 'cpu')
+        runner_model = task.build_backend_model([model])
+    else:
+        deploy_cfg = load_deploy_cfg(deploy_cfg)
+        runner_model = model
+    pipeline = _static_pipeline(model_cfg.val_dataloader.dataset.pipeline,
+                                static_input_shape(deploy_cfg))
+    loader = build_dataloader(model_cfg, 'val', pipeline, batch_size, num_images)
+    evaluator = Evaluator(copy.deepcopy(model_cfg.val_evaluator))
+    evaluator.dataset_meta = loader.dataset.metainfo
+    t0 = time.time()
+    with torch.no_grad():
+        for data in loader:
+            evaluator.process(data_samples=runner_model.test_step(data), data_batch=data)
+    metrics = evaluator.evaluate(len(loader.dataset))
+    log(f'evaluated {len(loader.dataset)} images in {time.time() - t0:.1f} s')
+    return {k: float(v) if isinstance(v, (int, float, np.floating)) else v
+            for k, v in metrics.items()}
+
+
+def latency_input(model_cfg: Union[str, Config],
+                  model: str,
+                  deploy_cfg: Union[str, Config, None] = None,
+                  shape: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, list]:
+    """The first val image as an ONNX model sees it in :func:`evaluate`: ``(inputs, data_samples)``.
+
+    The image goes through the config's val pipeline -- rewritten by mmdeploy for the deploy
+    config's static input size, as in :func:`evaluate` -- and the model's data preprocessor. The
+    model's input size is checked first (:func:`~fcos_plugin.deploy.api.check_input_shape`), so this
+    is also the quick check to run before anything expensive.
+
+    Args:
+        model_cfg: model config (its val set, val pipeline and data preprocessor).
+        model: the ``.onnx`` model the input is for.
+        deploy_cfg: its deploy config; by default the ``deploy_cfg.py`` exported next to it.
+        shape: (height, width): resize to this size instead, as a static deploy config of that size
+            would (a dynamic model, or a static one of exactly that size).
+
+    Returns:
+        tuple: ``inputs`` (1, 3, H, W) float32 and the preprocessed ``data_samples`` (whose metainfo
+        has what PyTorch's ``predict`` needs: ``img_shape``, ``batch_input_shape``...).
+
+    Raises:
+        DeployError: the model, its deploy config, ``export_meta.json`` and ``shape`` disagree, or the
+            val set is empty or unreadable.
+    """
+    from mmdet.registry import MODELS
+    init_scope()
+    model_cfg = load_model_cfg(model_cfg)
+    deploy_cfg = _deploy_cfg_for(model, deploy_cfg)
+    if not osp.isfile(model):
+        raise DeployError(f'model {model} does not exist')
+    static_hw = check_input_shape(model, deploy_cfg)
+    if shape is not None:
+        shape = (int(shape[0]), int(shape[1]))
+        if static_hw is not None and shape != static_hw:
+            raise DeployError(f'{model} takes {static_hw[0]}x{static_hw[1]} inputs, not '
+                              f'{shape[0]}x{shape[1]} (height x width)')
+        wh = [shape[1], shape[0]]
+    else:
+        wh = static_input_shape(deploy_cfg)
+    pipeline = _static_pipeline(model_cfg.val_dataloader.dataset.pipeline, wh)
+    loader = build_dataloader(model_cfg, 'val', pipeline, batch_size=1, num_images=1)
+    if len(loader.dataset) == 0:
+        raise DeployError(f'no images in the val set of {model_cfg.filename}')
+    preprocessor = MODELS.build(copy.deepcopy(model_cfg.model.data_preprocessor))
+    with torch.no_grad():
+        data = preprocessor(next(iter(loader)), False)
+    inputs = data['inputs']
+    if wh is not None and list(inputs.shape[2:]) != list(wh[::-1]):
+        raise DeployError(f'the val pipeline of {model_cfg.filename} gives {list(inputs.shape[2:])} '
+                          f'inputs, not {wh[1]}x{wh[0]} (height x width)')
+    return inputs, data['data_samples']
+
+
+def ort_session(model: str, threads: int = 2):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and one inter-op thread."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+
+
+def median_latency_ms(fns: Dict[str, Callable[[], object]], runs: int = 10,
+                      warmup: int = 1) -> Dict[str, float]:
+    """Median wall time in milliseconds of each callable, over ``runs`` rounds.
+
+    Every callable runs ``warmup`` times first; then each round runs all of them once, in order, so
+    that load from other processes hits them alike.
+    """
+    if runs < 1:
+        raise ValueError(f'runs must be >= 1, got {runs}')
+    times: Dict[str, list] = {name: [] for name in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(runs):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def onnx_latency_ms(models: Dict[str, str], x: np.ndarray, threads: int = 2,
+                    runs: int = 10) -> Dict[str, float]:
+    """Median ONNX Runtime latency (ms) of each named ONNX model on the same input ``x``.
+
+    Raises:
+        DeployError: ``x`` is not of a shape a model takes (its static input dimensions).
+    """
+    sessions = {}
+    for name, path in models.items():
+        dims = onnx_input_dims(path)
+        if any(isinstance(d, int) and d != s for d, s in zip(dims, x.shape)) or len(dims) != x.ndim:
+            raise DeployError(f'{path} takes inputs of shape {_dims_str(dims)}, not {list(x.shape)}')
+        sessions[name] = ort_session(path, threads)
+    return median_latency_ms({name: (lambda s=s: s.run(None, {'input': x}))
+                              for name, s in sessions.items()}, runs)
+
+
+def _dims_str(dims: Sequence[Union[int, str, None]]) -> str:
+    return '[' + ', '.join(str(d) if isinstance(d, int) else '?' for d in dims) + ']'
+
