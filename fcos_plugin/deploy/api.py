@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
+from ..paths import config_path
 from . import rewriters  # noqa: F401  (registers the rewriters before any export)
 from .rewriters import EXPORT_CFG_KEY, check_exportable_test_cfg
 
@@ -39,9 +40,8 @@ __all__ = [
     'static_input_shape', 'write_json_atomic'
 ]
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEFAULT_DEPLOY_CFG = osp.join(REPO, 'configs', 'deploy', 'detection_onnxruntime_dynamic.py')
-STATIC_DEPLOY_CFG = osp.join(REPO, 'configs', 'deploy', 'detection_onnxruntime_static-512x512.py')
+DEFAULT_DEPLOY_CFG = config_path('deploy', 'detection_onnxruntime_dynamic.py')
+STATIC_DEPLOY_CFG = config_path('deploy', 'detection_onnxruntime_static-512x512.py')
 #: Files mmdeploy's ``export2SDK`` writes next to the model, and ours.
 SDK_FILES = ('deploy.json', 'pipeline.json', 'detail.json')
 META_FILE = 'export_meta.json'
