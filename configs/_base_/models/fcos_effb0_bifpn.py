@@ -4,6 +4,8 @@
 num_classes = 80
 model = dict(
     type='FCOS',
+    # mean 128 kept although the Lite0 weights were trained with 127: on their ImageNet classifier 127 changes
+    # no labelled COCO-crop prediction; see benchmarks/RESULTS.md "Input normalisation: 127 vs 128"
     data_preprocessor=dict(type='DetDataPreprocessor', mean=[128.0, 128.0, 128.0],
                            std=[128.0, 128.0, 128.0], bgr_to_rgb=True, pad_size_divisor=128),
     backbone=dict(
