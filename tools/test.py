@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
 from fcos_plugin.compat import UnsafeCheckpointError
+from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
 from fcos_plugin.engine import adapt_cfg_to_machine, literal_dicts
 
 
@@ -77,3 +78,5 @@ if __name__ == '__main__':
         main()
     except UnsafeCheckpointError as e:
         raise SystemExit(f'error: {e}') from None
+    except LmdbFormatError as e:  # a missing or damaged pack (truncated data.mdb, bad checksum): named
+        raise SystemExit(f'error: {pack_error_message(e)}') from None

@@ -2,7 +2,8 @@
 
 The command-line front end is ``tools/datasets/mscoco_packer.py``. Guarantees:
 
-* the original encoded image bytes are stored unchanged (no re-encoding);
+* the original encoded image bytes are stored unchanged (no re-encoding), each record with a CRC32
+  checksum record that every read checks (see :mod:`.lmdb_format`);
 * every problem in the input (missing/undecodable/truncated image, size mismatch, bad box, unknown
   category, duplicate id, ...) is reported with the image id and file, written to
   ``{target}/{split}_pack_report.json``, and only the affected records are skipped;
@@ -33,11 +34,11 @@ import os
 import os.path as osp
 import shutil
 import signal
-import struct
 import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -50,12 +51,16 @@ from PIL import Image
 
 from .lmdb_format import (
     CATEGORIES_KEY,
+    CHECKSUM,
     FORMAT_NAME,
     FORMAT_VERSION,
     IMAGE_KEY_PREFIX,
     INDEX_KEY,
     MANIFEST_KEY,
+    DamagedPackError,
     LmdbFormatError,
+    checksum_record,
+    data_file_problem,
     encode_index,
     image_key,
     load_packed,
@@ -293,6 +298,12 @@ def check_image(path: str, width: int, height: int) -> tuple[bytes | None, str |
         return None, f'cannot read image file ({e.strerror})'
     except ValueError as e:  # a path Python cannot pass to the OS
         return None, f'cannot open image file ({e})'
+    problem = decode_problem(data, width, height)
+    return (None, problem) if problem else (data, None)
+
+
+def decode_problem(data: bytes, width: int, height: int, source: str = 'the JSON') -> str | None:
+    """None if ``data`` decodes to a ``width`` x ``height`` image, else what is wrong with it."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             size = im.size
@@ -301,10 +312,10 @@ def check_image(path: str, width: int, height: int) -> tuple[bytes | None, str |
             im.draft('RGB', (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
     except Exception as e:  # PIL raises many types for corrupt data
-        return None, f'cannot decode image ({type(e).__name__}: {e})'
+        return f'cannot decode image ({type(e).__name__}: {e})'
     if size != (width, height):
-        return None, (f'image is {size[0]}x{size[1]} but the JSON says {width}x{height}')
-    return data, None
+        return f'image is {size[0]}x{size[1]} but {source} says {width}x{height}'
+    return None
 
 
 def _check_chunk(tasks: list[tuple[str, int, int]]) -> list[tuple[bytes | None, str | None]]:
@@ -509,31 +520,6 @@ class _SplitLock:
         self.fd = None
 
 
-_MDB_MAGIC = 0xBEEFC0DE
-
-
-def _data_file_problem(data_path: str) -> str | None:
-    """Compare ``data.mdb``'s size with the size its newest LMDB meta page records, without mapping it:
-    liblmdb maps a truncated file beyond its end and the first read kills the process with SIGBUS."""
-    try:
-        size = osp.getsize(data_path)
-        with open(data_path, 'rb') as f:
-            metas = [f.read(160)]
-            if len(metas[0]) < 160 or struct.unpack_from('<I', metas[0], 16)[0] != _MDB_MAGIC:
-                return None  # not an LMDB of the layout known here: liblmdb judges it
-            psize = struct.unpack_from('<I', metas[0], 40)[0]
-            f.seek(psize)
-            metas.append(f.read(160))
-    except OSError as e:
-        return f'cannot read {data_path}: {e.strerror}'
-    txnid, last_pg = max(struct.unpack_from('<QQ', m, 136)[::-1] for m in metas
-                         if len(m) == 160 and struct.unpack_from('<I', m, 16)[0] == _MDB_MAGIC)
-    need = (last_pg + 1) * psize
-    if size < need:
-        return f'{data_path} is truncated: {size} bytes, its LMDB metadata needs {need}'
-    return None
-
-
 def _pack_state(path: str) -> tuple[str, str]:
     """('absent' | 'complete' | 'foreign' | 'broken' | 'file', detail) of a would-be pack directory."""
     if not osp.lexists(path):
@@ -542,12 +528,14 @@ def _pack_state(path: str) -> tuple[str, str]:
         return 'file', ''
     if not osp.isfile(osp.join(path, 'data.mdb')):
         return 'foreign', 'no data.mdb in it'
-    problem = _data_file_problem(osp.join(path, 'data.mdb'))
+    problem = data_file_problem(osp.join(path, 'data.mdb'))
     if problem is not None:
         return 'broken', problem
     try:
-        load_packed(path)
+        load_packed(path, note_unchecked=False)
         return 'complete', ''
+    except DamagedPackError as e:
+        return 'broken', e.problem
     except LmdbFormatError as e:
         return 'foreign', str(e)
     except lmdb.Error as e:
@@ -693,7 +681,7 @@ def _pack_locked(t0, ann_path, img_dir, target_dir, split, lock, with_segmentati
         stage = f'writing images into {tmp}'
         cols: dict[str, list] = defaultdict(list)
         batch: list[tuple[bytes, bytes]] = []
-        n_bytes = n_anns = n_crowd = batch_bytes = 0
+        n_bytes = n_anns = n_crowd = batch_bytes = batch_images = 0
         for im, img_bytes, problem in _checked_images(img_dir, images, num_workers, close_fds=(lock.fd,)):
             anns = anns_by_image.get(im['id'], [])
             if problem is not None:
@@ -716,15 +704,18 @@ def _pack_locked(t0, ann_path, img_dir, target_dir, split, lock, with_segmentati
                     cols['iscrowd'].append(a['iscrowd'])
                 n_anns += len(anns)
                 n_crowd += sum(a['iscrowd'] for a in anns)
-                batch.append((image_key(im['file_name']), img_bytes))
+                # every record is followed by its checksum record (CRC32 and image id), checked on read
+                key = image_key(im['file_name'])
+                batch += [(key, img_bytes), checksum_record(key, img_bytes, im['id'])]
                 if with_segmentation:
-                    batch.append((seg_key(im['id']),
-                                  json.dumps([a['segmentation'] for a in anns]).encode()))
+                    key, segs = seg_key(im['id']), json.dumps([a['segmentation'] for a in anns]).encode()
+                    batch += [(key, segs), checksum_record(key, segs, im['id'])]
                 n_bytes += len(img_bytes)
                 batch_bytes += len(img_bytes)
-            if len(batch) >= BATCH_IMAGES or batch_bytes >= BATCH_BYTES:
+                batch_images += 1
+            if batch_images >= BATCH_IMAGES or batch_bytes >= BATCH_BYTES:
                 writer.put_many(batch)
-                batch, batch_bytes = [], 0
+                batch, batch_bytes, batch_images = [], 0, 0
             if bar is not None:
                 bar.update(1)
                 dt = max(time.perf_counter() - t0, 1e-9)
@@ -747,16 +738,17 @@ def _pack_locked(t0, ann_path, img_dir, target_dir, split, lock, with_segmentati
             area=np.asarray(cols['area'], np.float64),
             iscrowd=np.asarray(cols['iscrowd'], np.uint8),
         )
+        index, categories_json = encode_index(columns), json.dumps(categories).encode()
         manifest = dict(
-            format=FORMAT_NAME, format_version=FORMAT_VERSION, split=split,
+            format=FORMAT_NAME, format_version=FORMAT_VERSION, split=split, checksum=CHECKSUM,
+            index_crc32=zlib.crc32(index), categories_crc32=zlib.crc32(categories_json),
             num_images=len(columns['image_id']), num_annotations=int(n_anns), num_crowd=int(n_crowd),
             num_categories=len(categories), with_segmentation=with_segmentation,
             source_json=osp.abspath(ann_path), source_json_sha256=sha256,
             source_num_images=n_json_images, source_num_annotations=n_json_anns,
             num_problems=len(problems), image_bytes=n_bytes,
             created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), complete=True)
-        batch += [(INDEX_KEY, encode_index(columns)),
-                  (CATEGORIES_KEY, json.dumps(categories).encode())]
+        batch += [(INDEX_KEY, index), (CATEGORIES_KEY, categories_json)]
         writer.put_many(batch)
         # the manifest goes last, in its own transaction: its presence means "complete"
         writer.put_many([(MANIFEST_KEY, json.dumps(manifest).encode())])

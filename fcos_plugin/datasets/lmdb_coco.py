@@ -7,6 +7,9 @@ A drop-in for ``CocoDataset`` in any mmdet config: replace
 with ``type='LmdbCocoDataset', ann_file='train_lmdb'``. Pipelines are unchanged: each sample's ``img_path``
 is an ``lmdb://`` URI which mmengine's fileio (hence ``LoadImageFromFile`` and the visualisation hooks)
 reads through :class:`LmdbImageBackend`, opened lazily, read-only and without lock in each worker process.
+Every image and segmentation record read is checked against its CRC32 checksum record: a damaged one raises
+``DamagedPackError`` naming the pack, the key and the image id (in a DataLoader worker too: the DataLoader
+re-raises it in the main process).
 
 Unlike ``CocoDataset`` nothing is parsed into per-image Python dicts at start-up: the index is a handful of
 column arrays, and ``get_data_info`` builds each sample's dict on demand with exactly ``CocoDataset``'s
@@ -30,20 +33,21 @@ from .lmdb_format import (
     PackedCoco,
     image_uri,
     load_packed,
+    read_record,
     seg_key,
-    shared_env,
     split_uri,
 )
 
 
 @register_backend('fcos_plugin_lmdb', prefixes=URI_SCHEME)
 class LmdbImageBackend(BaseStorageBackend):
-    """mmengine storage backend for ``lmdb://<lmdb dir>::<key>`` URIs (one env per process, cached)."""
+    """mmengine storage backend for ``lmdb://<lmdb dir>::<key>`` URIs (one env per process, cached).
+
+    Values are checked against their checksum records (``DamagedPackError`` on a mismatch)."""
 
     def get(self, filepath) -> bytes:
         db, key = split_uri(str(filepath))
-        with shared_env(db).begin(write=False, buffers=False) as txn:
-            value = txn.get(key)
+        value = read_record(db, key)
         if value is None:
             raise FileNotFoundError(f'{key.decode()!r} is not in the LMDB {db}')
         return value
@@ -188,8 +192,7 @@ class LmdbCocoDataset(BaseDetDataset):
         return info
 
     def _segmentations(self, image_id: int) -> list:
-        with shared_env(self.lmdb_path).begin(write=False) as txn:
-            return json.loads(txn.get(seg_key(image_id)))
+        return json.loads(read_record(self.lmdb_path, seg_key(image_id)))
 
     def coco_ground_truth(self) -> dict:
         """The packed split in COCO JSON form (all images and annotations, as the source JSON had them)."""

@@ -18,6 +18,7 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
 import fcos_plugin  # noqa: F401
+from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
 
 
 def parse_args():
@@ -66,4 +67,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except LmdbFormatError as e:  # a missing or damaged pack (truncated data.mdb, bad checksum): named
+        raise SystemExit(f'error: {pack_error_message(e)}') from None
