@@ -23,7 +23,13 @@ model = dict(
         norm_cfg=dict(type='BN', eps=1e-3, momentum=0.03, requires_grad=True),
         loss_cls=dict(type='PyFocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
         loss_bbox=dict(type='GIoULoss', loss_weight=1.0),
-        loss_centerness=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),
+        loss_centerness=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+        # mmdet's FCOS init, except that box distances start at one stride instead of ~0: with ~0-sized
+        # initial boxes every IoU in the dynamic cost is ~0, dynamic k collapses to 1 positive per object
+        # and half the clamped distances get no gradient, so training from this cold start crawls.
+        init_cfg=dict(type='Normal', layer='Conv2d', std=0.01,
+                      override=[dict(type='Normal', name='conv_cls', std=0.01, bias_prob=0.01),
+                                dict(type='Normal', name='conv_reg', std=0.01, bias=1.0)])),
     train_cfg=dict(
         # SimOTA-style dynamic assignment, no per-level regress ranges
         assigner=dict(type='MatchCostSimOTAAssigner', center_radius=2.5, candidate_topk=10,

@@ -17,14 +17,13 @@ What differs from mmdet's :class:`~mmdet.models.dense_heads.FCOSHead` (which thi
 ``assign_mode='classic'`` keeps mmdet's FCOS targets and losses unchanged (regress ranges, center
 sampling, geometric centerness); only the tower shape and the inference score differ then.
 """
+from __future__ import annotations
+
 import copy
-from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule, build_activation_layer, build_norm_layer
 from mmdet.models.dense_heads import FCOSHead
-from mmdet.models.task_modules.assigners import AssignResult, SimOTAAssigner
-from mmdet.models.task_modules.assigners.sim_ota_assigner import INF as SIMOTA_INF
 from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures.bbox import bbox_overlaps
@@ -33,136 +32,15 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+# Re-exported: the assigner lived here before it moved to task_modules (mmdet's layout).
+from ..task_modules.assigners import MatchCostSimOTAAssigner
+
 __all__ = ['MatchCostSimOTAAssigner', 'TunedFCOSHead']
 
 INF = 1e8
 # The FCOS regress ranges for strides (8, 16, 32, 64, 128); used by assign_mode='classic' only.
 FCOS_REGRESS_RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, INF))
-DEFAULT_ASSIGNER = dict(
-    type='MatchCostSimOTAAssigner',
-    center_radius=2.5,
-    candidate_topk=10,
-    cls_cost=dict(type='FocalLossCost', alpha=0.25, gamma=2.0, weight=1.0),
-    reg_cost=dict(type='IoUCost', iou_mode='giou', weight=2.0))
-DEFAULT_TEST_CFG = dict(
-    nms_pre=1000, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)
 ASSIGN_MODES = ('dynamic', 'classic')
-# mmdet's FCOS init, except that box distances start at one stride instead of ~0. With ~0-sized
-# initial boxes every IoU in the dynamic cost is ~0, dynamic k collapses to 1 positive per object and
-# half the clamped distances get no gradient: training from this cold start crawls.
-DYNAMIC_INIT_CFG = dict(
-    type='Normal', layer='Conv2d', std=0.01,
-    override=[dict(type='Normal', name='conv_cls', std=0.01, bias_prob=0.01),
-              dict(type='Normal', name='conv_reg', std=0.01, bias=1.0)])
-
-
-@TASK_UTILS.register_module()
-class MatchCostSimOTAAssigner(SimOTAAssigner):
-    """mmdet's :class:`SimOTAAssigner` with its cost built from mmdet match costs.
-
-    mmdet's SimOTA hard-codes ``BCE(probabilities) + 3 * -log(IoU)``; HAT's dynamic FCOS target uses
-    a focal classification cost on logits plus a weighted GIoU cost. The candidate test
-    (:meth:`get_in_gt_and_in_center_info`) and the dynamic-k matching (:meth:`dynamic_k_matching`:
-    k = int(sum of the ``candidate_topk`` largest IoUs), at least 1; a point matched to several GTs
-    keeps the lowest-cost one) are the parent's.
-
-    Args:
-        center_radius (float): Candidates lie within this many strides of a GT's centre (and inside
-            the GT box). Defaults to 2.5.
-        candidate_topk (int): Number of largest IoUs summed into the dynamic k. Defaults to 10.
-        cls_cost (dict): Match cost on class logits (``pred_instances.scores``, shape (P, C)).
-            Defaults to ``FocalLossCost`` (alpha 0.25, gamma 2, weight 1).
-        reg_cost (dict): Match cost on decoded boxes. Defaults to ``IoUCost`` (GIoU, weight 2).
-        iou_calculator (dict): IoU used for the dynamic k. Defaults to ``BboxOverlaps2D``.
-        candidates_only (bool): Keep only positives inside the candidate region of their GT. With
-            ``False`` a GT that has fewer candidates than its k also takes the cheapest
-            non-candidates, as mmdet's SimOTA does. Defaults to True.
-    """
-
-    def __init__(self,
-                 center_radius: float = 2.5,
-                 candidate_topk: int = 10,
-                 cls_cost: ConfigType = DEFAULT_ASSIGNER['cls_cost'],
-                 reg_cost: ConfigType = DEFAULT_ASSIGNER['reg_cost'],
-                 iou_calculator: ConfigType = dict(type='BboxOverlaps2D'),
-                 candidates_only: bool = True) -> None:
-        super().__init__(center_radius=center_radius, candidate_topk=candidate_topk,
-                         iou_calculator=iou_calculator)
-        self.cls_cost = TASK_UTILS.build(cls_cost)
-        self.reg_cost = TASK_UTILS.build(reg_cost)
-        self.candidates_only = candidates_only
-
-    def match_cost(self, pred_instances: InstanceData, gt_instances: InstanceData,
-                   is_candidate: Tensor) -> Tensor:
-        """Cost of matching each prediction to each GT.
-
-        Args:
-            pred_instances (InstanceData): ``scores`` (P, C) class logits and ``bboxes`` (P, 4)
-                decoded predictions, ``x1y1x2y2`` in pixels.
-            gt_instances (InstanceData): ``bboxes`` (G, 4) and ``labels`` (G,).
-            is_candidate (Tensor): (P, G) bool, inside the GT box and its centre region.
-
-        Returns:
-            Tensor: (P, G) cost; non-candidates cost SimOTA's ``INF`` more.
-        """
-        # float32: the focal cost takes logs of sigmoids, which underflow in fp16.
-        preds = InstanceData(scores=pred_instances.scores.float(),
-                             bboxes=pred_instances.bboxes.float())
-        cost = self.cls_cost(preds, gt_instances) + self.reg_cost(preds, gt_instances)
-        return cost + (~is_candidate) * SIMOTA_INF
-
-    def assign(self,
-               pred_instances: InstanceData,
-               gt_instances: InstanceData,
-               gt_instances_ignore: Optional[InstanceData] = None,
-               **kwargs) -> AssignResult:
-        """Assign GTs to points.
-
-        Args:
-            pred_instances (InstanceData): ``priors`` (P, 4) as ``(x, y, stride_w, stride_h)``,
-                ``scores`` (P, C) class logits, ``bboxes`` (P, 4) decoded predictions in pixels.
-            gt_instances (InstanceData): ``bboxes`` (G, 4) in pixels and ``labels`` (G,).
-            gt_instances_ignore: Unused (SimOTA has no ignore regions).
-
-        Returns:
-            AssignResult: ``gt_inds`` (P,) 0 = background, i + 1 = GT i; ``max_overlaps`` (P,) IoU
-            of positives with their GT; ``labels`` (P,) -1 for background.
-        """
-        gt_bboxes = gt_instances.bboxes
-        num_gt = gt_bboxes.size(0)
-        num_points = pred_instances.bboxes.size(0)
-        device = gt_bboxes.device
-        assigned_gt_inds = torch.zeros(num_points, dtype=torch.long, device=device)
-        max_overlaps = torch.zeros(num_points, device=device)
-        assigned_labels = torch.full((num_points,), -1, dtype=torch.long, device=device)
-        if num_gt == 0 or num_points == 0:
-            return AssignResult(num_gt, assigned_gt_inds, max_overlaps, labels=assigned_labels)
-
-        # valid: inside some GT box or some centre region (the only points whose IoUs enter k).
-        valid_mask, is_candidate = self.get_in_gt_and_in_center_info(
-            pred_instances.priors, gt_bboxes)
-        if not valid_mask.any():
-            return AssignResult(num_gt, assigned_gt_inds, max_overlaps, labels=assigned_labels)
-        valid_preds = pred_instances[valid_mask]
-        pairwise_ious = self.iou_calculator(valid_preds.bboxes.float(), gt_bboxes.float())
-        cost = self.match_cost(valid_preds, gt_instances, is_candidate)
-
-        valid_before = valid_mask.clone()
-        # The parent narrows valid_mask in place to the matched points.
-        matched_ious, matched_gt_inds = self.dynamic_k_matching(
-            cost, pairwise_ious, num_gt, valid_mask)
-        if self.candidates_only:
-            matched_rows = valid_mask[valid_before].nonzero().squeeze(1)
-            keep = is_candidate[matched_rows, matched_gt_inds]
-            fg_mask = valid_mask.clone()
-            fg_mask[valid_mask] = keep
-            valid_mask = fg_mask
-            matched_ious, matched_gt_inds = matched_ious[keep], matched_gt_inds[keep]
-
-        assigned_gt_inds[valid_mask] = matched_gt_inds + 1
-        assigned_labels[valid_mask] = gt_instances.labels[matched_gt_inds].long()
-        max_overlaps[valid_mask] = matched_ious.to(max_overlaps.dtype)
-        return AssignResult(num_gt, assigned_gt_inds, max_overlaps, labels=assigned_labels)
 
 
 @MODELS.register_module()
@@ -196,11 +74,17 @@ class TunedFCOSHead(FCOSHead):
         loss_centerness (dict): Defaults to sigmoid ``CrossEntropyLoss`` (weight 1).
         norm_cfg (dict): Tower norm. Defaults to BN.
         act_cfg (dict): Tower activation. Defaults to ReLU.
-        train_cfg (dict, optional): ``assigner`` for ``'dynamic'`` mode; defaults to
-            :data:`DEFAULT_ASSIGNER` (radius 2.5, top-10, focal + 2 x GIoU).
+        train_cfg (dict, optional): ``assigner`` for ``'dynamic'`` mode (required to compute
+            losses; the values live in ``configs/_base_/models/fcos_effb0_bifpn.py``).
         test_cfg (dict, optional): ``nms_pre``, ``score_thr`` (on the sqrt score), ``nms``,
-            ``max_per_img``; defaults to :data:`DEFAULT_TEST_CFG` (1000, 0.05, IoU 0.6, 100).
-        **kwargs: Passed to :class:`~mmdet.models.dense_heads.FCOSHead`.
+            ``max_per_img``; required to predict (values in the same config).
+        **kwargs: Passed to :class:`~mmdet.models.dense_heads.FCOSHead`; ``init_cfg`` defaults to
+            mmdet FCOS's (the base config sets the dynamic-assignment init).
+
+    The towers are not mmdet ``RTMDetSepBNHead``'s per-level ``ConvModule`` lists with tied
+    ``.conv``: that pattern keys the weights ``cls_convs.<level>.<i>.conv.weight`` and ``...<level>.<i>.bn.*``
+    (one copy per level in the state dict) instead of ``cls_convs.<i>.conv.weight`` +
+    ``cls_norms.<level>.<i>.*``, so existing checkpoints would no longer load.
     """
 
     def __init__(self,
@@ -208,11 +92,11 @@ class TunedFCOSHead(FCOSHead):
                  in_channels: int,
                  feat_channels: int = 64,
                  stacked_convs: int = 4,
-                 strides: Tuple[int, ...] = (8, 16, 32, 64, 128),
+                 strides: tuple[int, ...] = (8, 16, 32, 64, 128),
                  assign_mode: str = 'dynamic',
                  use_separable: bool = False,
                  norm_per_level: bool = True,
-                 regress_ranges: Tuple[Tuple[float, float], ...] = FCOS_REGRESS_RANGES,
+                 regress_ranges: tuple[tuple[float, float], ...] = FCOS_REGRESS_RANGES,
                  center_sampling: bool = True,
                  center_sample_radius: float = 1.5,
                  norm_on_bbox: bool = True,
@@ -235,10 +119,6 @@ class TunedFCOSHead(FCOSHead):
         self.norm_per_level = norm_per_level
         self.act_cfg = act_cfg
         self.assign_mode = assign_mode
-        if test_cfg is None:
-            test_cfg = ConfigDict(copy.deepcopy(DEFAULT_TEST_CFG))
-        if 'init_cfg' not in kwargs and assign_mode == 'dynamic':
-            kwargs['init_cfg'] = DYNAMIC_INIT_CFG
         super().__init__(
             num_classes=num_classes,
             in_channels=in_channels,
@@ -257,9 +137,13 @@ class TunedFCOSHead(FCOSHead):
             train_cfg=train_cfg,
             test_cfg=test_cfg,
             **kwargs)
-        if assign_mode == 'dynamic':
-            assigner = (train_cfg or {}).get('assigner', DEFAULT_ASSIGNER)
-            self.assigner = TASK_UTILS.build(assigner)
+        # As mmdet's heads: the assigner comes from train_cfg and exists only when there is one.
+        self.assigner = None
+        if assign_mode == 'dynamic' and self.train_cfg:
+            if 'assigner' not in self.train_cfg:
+                raise ValueError('TunedFCOSHead: assign_mode=\'dynamic\' needs train_cfg.assigner '
+                                 '(see configs/_base_/models/fcos_effb0_bifpn.py)')
+            self.assigner = TASK_UTILS.build(self.train_cfg['assigner'])
 
     # ------------------------------------------------------------------------------------------
     # layers
@@ -285,7 +169,7 @@ class TunedFCOSHead(FCOSHead):
                     norm_cfg=None, act_cfg=act, bias=no_norm))
         return tower
 
-    def _level_norms(self) -> Optional[nn.ModuleList]:
+    def _level_norms(self) -> nn.ModuleList | None:
         """``norms[level][i]`` follows tower conv ``i``; one set for all levels unless
         ``norm_per_level``. None without a norm."""
         if self.norm_cfg is None:
@@ -313,11 +197,11 @@ class TunedFCOSHead(FCOSHead):
     # ------------------------------------------------------------------------------------------
     # forward
     # ------------------------------------------------------------------------------------------
-    def forward(self, x: Tuple[Tensor, ...]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Per-level ``cls_score``, ``bbox_pred``, ``centerness`` (see the class docstring)."""
         return multi_apply(self.forward_single, x, self.scales, self.strides, list(range(len(x))))
 
-    def _run_tower(self, x: Tensor, convs: nn.ModuleList, norms: Optional[nn.ModuleList],
+    def _run_tower(self, x: Tensor, convs: nn.ModuleList, norms: nn.ModuleList | None,
                    level: int) -> Tensor:
         if norms is None:
             for conv in convs:
@@ -329,7 +213,7 @@ class TunedFCOSHead(FCOSHead):
         return x
 
     def forward_single(self, x: Tensor, scale: nn.Module, stride: int,
-                       level: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+                       level: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """One level: mmdet ``FCOSHead.forward_single``'s outputs, with this level's norms."""
         cls_feat = self._run_tower(x, self.cls_convs, self.cls_norms, level)
         reg_feat = self._run_tower(x, self.reg_convs, self.reg_norms, level)
@@ -351,13 +235,13 @@ class TunedFCOSHead(FCOSHead):
     # ------------------------------------------------------------------------------------------
     def loss_by_feat(
         self,
-        cls_scores: List[Tensor],
-        bbox_preds: List[Tensor],
-        centernesses: List[Tensor],
+        cls_scores: list[Tensor],
+        bbox_preds: list[Tensor],
+        centernesses: list[Tensor],
         batch_gt_instances: InstanceList,
-        batch_img_metas: List[dict],
+        batch_img_metas: list[dict],
         batch_gt_instances_ignore: OptInstanceList = None
-    ) -> Dict[str, Tensor]:
+    ) -> dict[str, Tensor]:
         """Losses from the head outputs.
 
         Args:
@@ -408,9 +292,9 @@ class TunedFCOSHead(FCOSHead):
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_centerness=loss_centerness,
                     pos_per_gt=pos_per_gt, pos_iou=pos_iou)
 
-    def get_dynamic_targets(self, cls_scores: List[Tensor], bbox_preds: List[Tensor],
-                            centernesses: List[Tensor],
-                            batch_gt_instances: InstanceList) -> Dict[str, Tensor]:
+    def get_dynamic_targets(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
+                            centernesses: list[Tensor],
+                            batch_gt_instances: InstanceList) -> dict[str, Tensor]:
         """Flattened head outputs over all levels and their dynamic assignment.
 
         Args: as :meth:`loss_by_feat`.
@@ -422,6 +306,9 @@ class TunedFCOSHead(FCOSHead):
             ``labels`` (N, P) with ``num_classes`` for background; ``bbox_targets`` (N, P, 4).
         """
         assert len(cls_scores) == len(bbox_preds) == len(centernesses)
+        if self.assigner is None:
+            raise ValueError('TunedFCOSHead: dynamic targets need train_cfg.assigner '
+                             '(see configs/_base_/models/fcos_effb0_bifpn.py)')
         num_imgs = cls_scores[0].size(0)
         featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
         # (P, 4): x, y, stride_w, stride_h over all levels -- every level competes for every GT.
@@ -448,7 +335,7 @@ class TunedFCOSHead(FCOSHead):
 
     def _get_dynamic_targets_single(self, cls_logits: Tensor, decoded_bboxes: Tensor,
                                     gt_instances: InstanceData,
-                                    priors: Tensor) -> Tuple[Tensor, Tensor]:
+                                    priors: Tensor) -> tuple[Tensor, Tensor]:
         """Dynamic targets of one image.
 
         Args:
@@ -495,10 +382,10 @@ class TunedFCOSHead(FCOSHead):
         return (cls_logits.sigmoid() * centerness_logits.sigmoid().unsqueeze(-1)).sqrt()
 
     def _predict_by_feat_single(self,
-                                cls_score_list: List[Tensor],
-                                bbox_pred_list: List[Tensor],
-                                score_factor_list: List[Tensor],
-                                mlvl_priors: List[Tensor],
+                                cls_score_list: list[Tensor],
+                                bbox_pred_list: list[Tensor],
+                                score_factor_list: list[Tensor],
+                                mlvl_priors: list[Tensor],
                                 img_meta: dict,
                                 cfg: ConfigDict,
                                 rescale: bool = False,
@@ -524,6 +411,9 @@ class TunedFCOSHead(FCOSHead):
             ``with_nms``, ``labels`` (K,).
         """
         cfg = copy.deepcopy(self.test_cfg if cfg is None else cfg)
+        if cfg is None:
+            raise ValueError('TunedFCOSHead: predicting needs test_cfg (nms_pre, score_thr, nms, '
+                             'max_per_img; see configs/_base_/models/fcos_effb0_bifpn.py)')
         nms_pre = cfg.get('nms_pre', -1)
         score_thr = cfg.get('score_thr', 0)
         mlvl_bbox_preds, mlvl_priors_kept, mlvl_scores, mlvl_labels = [], [], [], []

@@ -2,6 +2,7 @@
 loss composition, classic-mode parity with mmdet's FCOSHead, sqrt-score inference against a
 torchvision reference, and a small overfit run."""
 import copy
+import os.path as osp
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from mmcv.cnn import DepthwiseSeparableConvModule
 from mmdet.models.dense_heads import FCOSHead
 from mmdet.models.losses import FocalLoss
 from mmdet.registry import MODELS
-from mmengine.config import ConfigDict
+from mmengine.config import Config, ConfigDict
 from mmengine.structures import InstanceData
 from torch import nn
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou, generalized_box_iou_loss
@@ -35,8 +36,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# The head's assigner, test_cfg and dynamic-mode init live in the base config only.
+BASE_MODEL = Config.fromfile(
+    osp.join(osp.dirname(__file__), '../../../configs/_base_/models/fcos_effb0_bifpn.py')).model
+
+
 def make_head(**kwargs) -> TunedFCOSHead:
-    cfg = dict(type='TunedFCOSHead', num_classes=NUM_CLASSES, in_channels=16, feat_channels=16)
+    cfg = dict(type='TunedFCOSHead', num_classes=NUM_CLASSES, in_channels=16, feat_channels=16,
+               test_cfg=copy.deepcopy(BASE_MODEL.test_cfg))
+    if kwargs.get('assign_mode', 'dynamic') == 'dynamic':
+        cfg.update(train_cfg=copy.deepcopy(BASE_MODEL.train_cfg),
+                   init_cfg=copy.deepcopy(BASE_MODEL.bbox_head.init_cfg))
     cfg.update(kwargs)
     return MODELS.build(cfg)
 
@@ -203,6 +213,28 @@ def test_assignment_matches_loop_reference_and_conflicts_go_to_lower_cost(seed):
     for i, gs in contested.items():
         winner = min(gs, key=lambda g: cost[i, g].item())
         assert result.gt_inds[i] == winner + 1
+
+
+def test_assigner_lives_in_task_modules_and_old_path_reexports_it():
+    from mmdet.registry import TASK_UTILS
+
+    from fcos_plugin.models.dense_heads import tuned_fcos_head
+    from fcos_plugin.models.task_modules.assigners import MatchCostSimOTAAssigner as moved
+    assert tuned_fcos_head.MatchCostSimOTAAssigner is moved is MatchCostSimOTAAssigner
+    assert TASK_UTILS.get('MatchCostSimOTAAssigner') is moved
+
+
+def test_missing_config_parts_fail_clearly():
+    bare = MODELS.build(dict(type='TunedFCOSHead', num_classes=NUM_CLASSES, in_channels=16,
+                             feat_channels=16))
+    assert bare.assigner is None and bare.test_cfg is None
+    with pytest.raises(ValueError, match='train_cfg.assigner'):
+        bare.loss_by_feat(*bare(make_feats()), GTS, METAS)
+    bare.eval()
+    with pytest.raises(ValueError, match='test_cfg'), torch.no_grad():
+        bare.predict_by_feat(*bare(make_feats()), batch_img_metas=METAS)
+    with pytest.raises(ValueError, match='train_cfg.assigner'):
+        make_head(train_cfg=dict(allowed_border=-1))
 
 
 def test_assigner_cost_and_geometry_come_from_config():
@@ -406,9 +438,9 @@ def test_predict_sqrt_scores_match_reference():
     assert ((cls.sigmoid().permute(0, 2, 3, 1) > 0.3) != (sqrt_score > 0.3)).any()
 
 
-def test_predict_defaults_and_empty_output():
+def test_predict_config_defaults_and_empty_output():
     head = make_head()
-    assert head.test_cfg == dict(nms_pre=1000, score_thr=0.05,
+    assert head.test_cfg == dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05,
                                  nms=dict(type='nms', iou_threshold=0.6), max_per_img=100)
     head.init_weights()
     with torch.no_grad():
