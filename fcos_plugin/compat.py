@@ -12,7 +12,10 @@ Applied once, when ``fcos_plugin`` is imported.
    callables such as ``getattr``), and turn the unpickler's refusal of anything else into a clear error:
    a checkpoint that carries code is not executed. A file that is no checkpoint (empty, truncated, random
    bytes; told apart by parsing its zip container and pickle opcodes, never unpickling) is named as
-   corrupt instead.
+   corrupt instead. Checkpoints saved by stock mmengine (with those ``getattr`` calls) load too: the
+   global ``builtins.getattr`` is answered by ``history_buffer_statistic``, which returns exactly the
+   four statistics methods of ``HistoryBuffer`` and refuses anything else (it is no ``getattr``); and
+   numpy 1.x's names of the allowed numpy reconstructors (``numpy.core.multiarray``) are accepted.
 2. torch >= 2.9 exports ONNX with the dynamo exporter by default; mmdeploy 1.3.1's rewriters need the
    TorchScript exporter, so ``torch.onnx.export`` defaults to ``dynamo=False`` again.
 3. mmengine 0.10.7 calls ``torch.cuda.set_device`` when initialising ``torch.distributed``, which fails
@@ -26,6 +29,13 @@ Applied once, when ``fcos_plugin`` is imported.
    ``torch.meshgrid`` without ``indexing`` (mmdet 3.3.0's point generators rely on the default 'ij'),
    mmengine's ``LocalVisBackend`` without ``save_dir`` (a visualizer used for drawing only) and
    "bbox/polygon is out of bounds" (mmengine's drawing clips them; predictions may reach past the image).
+7. mmengine 0.10.7 writes checkpoints (``save_checkpoint`` -> ``LocalBackend.put``) straight into the
+   target file, so a full disk leaves a partial ``epoch_N.pth`` that looks like a checkpoint by name and
+   a raw ``OSError``. ``LocalBackend.put`` now writes a temporary file beside the target, fsyncs it and
+   renames it over the target (``CheckpointHook`` writes ``last_checkpoint`` only after ``put`` returned,
+   so it never points at a file that is not complete); a failed write removes the temporary file and a
+   full disk raises ``DiskFullError`` ("no space left on DIR"), which the tools print without a
+   traceback.
 """
 from __future__ import annotations
 
@@ -54,11 +64,36 @@ def _numpy_safe_globals() -> list:
     dtype_classes = [type(np.dtype(t)) for t in (
         np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
         np.float16, np.float32, np.float64)]
+    # numpy 1.x (what most existing checkpoints were saved with) names the reconstructors
+    # numpy.core.multiarray.*; numpy 2 moved them to numpy._core: the same two functions under both names
+    numpy1_names = [(core.multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
+                    (core.multiarray.scalar, 'numpy.core.multiarray.scalar')]
     return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype,
-            *dtype_classes]
+            *dtype_classes, *numpy1_names]
 
 
-SAFE_CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_safe_globals()]
+#: The methods stock mmengine pickles as ``getattr(HistoryBuffer, name)`` (``_set_default_statistics``).
+HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def history_buffer_statistic(owner, name):
+    """What weights-only loading calls for the global ``builtins.getattr``, which stock mmengine
+    checkpoints use only for ``getattr(HistoryBuffer, 'min')`` and its three siblings (pickle protocol 2
+    names a method no other way; ``HistoryBuffer.__getstate__`` stores them in every buffer's state).
+
+    It answers exactly those four with the method itself -- a plain function that the unpickler stores
+    in the buffer's state and cannot call, being no allowed global -- and refuses every other owner or
+    name: it is not ``getattr``."""
+    if owner is HistoryBuffer and isinstance(name, str) and name in HISTORY_BUFFER_STATISTICS:
+        return vars(HistoryBuffer)[name]
+    what = owner.__qualname__ if isinstance(owner, type) else f'a {type(owner).__name__} object'
+    raise pickle.UnpicklingError(
+        f'getattr({what}, {name!r:.60}) is not allowed: weights-only loading answers getattr only for '
+        f'the statistics methods of mmengine\'s HistoryBuffer ({", ".join(HISTORY_BUFFER_STATISTICS)})')
+
+
+SAFE_CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_safe_globals(),
+                           (history_buffer_statistic, 'builtins.getattr')]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -286,8 +321,96 @@ def silence_harmless_warnings() -> None:
         warnings.filterwarnings('ignore', message=message)
 
 
+# ----------------------------------------------------------------------------------------------------
+# 7. atomic checkpoint writes
+# ----------------------------------------------------------------------------------------------------
+class DiskFullError(OSError):
+    """A write ran out of space (``ENOSPC``/``EDQUOT``); the target was left as it was and the partial
+    temporary file removed. ``str()`` is the message for the user."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _mb(n: float) -> str:
+    return f'{n / 2**20:.1f} MB'
+
+
+def write_bytes_atomic(data: bytes, filepath: str) -> None:
+    """Write ``data`` to ``filepath`` so that it holds either its previous content or all of ``data``:
+    a temporary file beside it (same file system, so the rename is atomic), fsync'd, then renamed over
+    it; the directory is fsync'd after the rename. The file gets the mode ``open(filepath, 'wb')`` would
+    give it (the umask for a new file, the old mode for an existing one). A symbolic link is written
+    through, as ``open`` does.
+
+    Raises:
+        DiskFullError: no space left (message names the directory, the sizes; nothing partial is left).
+        OSError: any other failure, also without a partial file left.
+    """
+    import errno
+    import secrets
+    import stat
+    target = os.path.realpath(os.fspath(filepath))
+    directory, name = os.path.split(target)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f'.{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp')
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() does
+    try:
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        except FileNotFoundError:
+            pass
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            try:
+                st = os.statvfs(directory)
+                free = f'{_mb(st.f_bavail * st.f_frsize)} free of {_mb(st.f_blocks * st.f_frsize)}, '
+            except OSError:
+                free = ''
+            kept = 'its previous version is unchanged' if os.path.exists(target) else 'nothing was written'
+            raise DiskFullError(e.errno, f'no space left on {directory} ({free}{_mb(len(data))} needed) '
+                                f'while writing {name}: {kept}, the partial file was removed '
+                                f'[{e.strerror}]') from None
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def patch_atomic_save() -> None:
+    if 'atomic_save' in _APPLIED:
+        return
+    from mmengine.fileio.backends.local_backend import LocalBackend
+    original = LocalBackend.put
+
+    @functools.wraps(original)
+    def put(self, obj: bytes, filepath) -> None:
+        write_bytes_atomic(obj, filepath)
+
+    LocalBackend.put = put
+    _APPLIED.add('atomic_save')
+
+
 PATCHES = {'checkpoint': patch_checkpoint_loading, 'onnx': patch_onnx_export, 'dist': patch_dist_init,
-           'nms': patch_nms, 'warnings': silence_harmless_warnings}
+           'nms': patch_nms, 'warnings': silence_harmless_warnings, 'atomic_save': patch_atomic_save}
 
 
 def apply_all() -> None:

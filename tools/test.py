@@ -18,9 +18,10 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
-from fcos_plugin.compat import UnsafeCheckpointError
+from fcos_plugin.compat import DiskFullError, UnsafeCheckpointError
 from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
-from fcos_plugin.engine import adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.engine import CheckpointMismatchError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
 
 
 def parse_args():
@@ -58,6 +59,8 @@ def main():
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    # refuse a checkpoint of another model (fewer than half of the model's weights in it) before testing
+    cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CheckpointFitsModelHook')]
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     adapt_cfg_to_machine(cfg)
@@ -76,7 +79,7 @@ def main():
 if __name__ == '__main__':
     try:
         main()
-    except UnsafeCheckpointError as e:
+    except (UnsafeCheckpointError, CheckpointMismatchError, CheckpointDownloadError, DiskFullError) as e:
         raise SystemExit(f'error: {e}') from None
     except LmdbFormatError as e:  # a missing or damaged pack (truncated data.mdb, bad checksum): named
         raise SystemExit(f'error: {pack_error_message(e)}') from None

@@ -18,8 +18,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
-from fcos_plugin.compat import UnsafeCheckpointError
+from fcos_plugin.compat import DiskFullError, UnsafeCheckpointError
 from fcos_plugin.engine import NonFiniteLossError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
 
 
 def parse_args():
@@ -72,11 +73,24 @@ def main():
         cfg.load_from = args.resume
     adapt_cfg_to_machine(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except DiskFullError as e:  # a checkpoint write (atomic: nothing partial left, see fcos_plugin.compat)
+        raise SystemExit(f'error: {e}.{_last_checkpoint_advice(cfg.work_dir)}') from None
+
+
+def _last_checkpoint_advice(work_dir: str) -> str:
+    try:
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            last = f.read().strip()
+    except OSError:
+        return ' Make room, then rerun.'
+    return (f' The last complete checkpoint, {last}, is intact and last_checkpoint points at it: make room, '
+            'then continue with --resume.')
 
 
 if __name__ == '__main__':
     try:
         main()
-    except (UnsafeCheckpointError, NonFiniteLossError) as e:
+    except (UnsafeCheckpointError, NonFiniteLossError, CheckpointDownloadError) as e:
         raise SystemExit(f'error: {e}') from None

@@ -1,6 +1,13 @@
-from .hooks import ChannelsLastHook, NonFiniteLossError, StopOnNonFiniteLossHook
+from .hooks import (
+    ChannelsLastHook,
+    CheckpointFitsModelHook,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    StopOnNonFiniteLossHook,
+    checkpoint_fit,
+)
 from .options import literal_dicts
 from .runtime import adapt_cfg_to_machine
 
-__all__ = ['ChannelsLastHook', 'NonFiniteLossError', 'StopOnNonFiniteLossHook', 'adapt_cfg_to_machine',
-           'literal_dicts']
+__all__ = ['ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
+           'StopOnNonFiniteLossHook', 'adapt_cfg_to_machine', 'checkpoint_fit', 'literal_dicts']
