@@ -118,7 +118,7 @@ def detector_complexity(detector: torch.nn.Module, shape: tuple[int, ...], max_d
         with FlopCounterMode(display=False) as counter:
             model(x)
     table = complexity_stats_table(analyzer, max_depth=max_depth + 1, show_param_shapes=False)
-    table = table.replace(' detector.', ' ').replace('| detector ', '| detector ')
+    table = table.replace(' detector.', ' ')
     return ComplexityReport(
         params=sum(p.numel() for p in detector.parameters()), flops=int(total),
         by_module=by_module, by_operator=by_op,

@@ -24,7 +24,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -38,10 +37,10 @@ class DemoCategory:
     id: int
     name: str
     shape: str
-    rgb: Tuple[int, int, int]
+    rgb: tuple[int, int, int]
 
 
-DEMO_CATEGORIES: Tuple[DemoCategory, ...] = (
+DEMO_CATEGORIES: tuple[DemoCategory, ...] = (
     DemoCategory(1, 'red_circle', 'circle', (220, 35, 35)),
     DemoCategory(2, 'green_square', 'square', (35, 185, 55)),
     DemoCategory(3, 'blue_triangle', 'triangle', (40, 75, 235)),
@@ -49,7 +48,7 @@ DEMO_CATEGORIES: Tuple[DemoCategory, ...] = (
     DemoCategory(7, 'magenta_ring', 'ring', (215, 40, 215)),
     DemoCategory(9, 'cyan_cross', 'cross', (25, 215, 230)),
 )
-DEMO_CLASSES: Tuple[str, ...] = tuple(c.name for c in DEMO_CATEGORIES)
+DEMO_CLASSES: tuple[str, ...] = tuple(c.name for c in DEMO_CATEGORIES)
 
 SPLITS = ('train2017', 'val2017')
 IMAGE_SIDE_RANGE = (320, 512)  # width and height drawn independently, inclusive
@@ -129,7 +128,7 @@ def _muted_colours(rng: np.random.Generator, n: int) -> np.ndarray:
     return grey + BACKGROUND_SATURATION * (rgb - grey)
 
 
-def _background(h: int, w: int, rng: np.random.Generator) -> Tuple[np.ndarray, float]:
+def _background(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Textured background: ``(h, w, 3)`` float32 RGB, and the pixel-noise std for the image."""
     kind = rng.integers(4)
     c0, c1 = _muted_colours(rng, 2).astype(np.float32)
@@ -176,7 +175,7 @@ def _overlap(a: _Placed, bx: int, by: int, bsize: int):
     return sa, sb
 
 
-def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, List[_Placed]]:
+def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, list[_Placed]]:
     """Draw one scene.
 
     Returns:
@@ -186,7 +185,7 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, List[_Placed]]:
     w = int(rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1))
     h = int(rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1))
     image, noise_std = _background(h, w, rng)
-    placed: List[_Placed] = []
+    placed: list[_Placed] = []
     max_size = MAX_OBJECT_FRACTION * min(h, w)
     for _ in range(int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))):
         category = DEMO_CATEGORIES[int(rng.integers(len(DEMO_CATEGORIES)))]
@@ -218,7 +217,7 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, List[_Placed]]:
     return np.ascontiguousarray(bgr), placed
 
 
-def _annotation(obj: _Placed, h: int, w: int) -> Dict:
+def _annotation(obj: _Placed, h: int, w: int) -> dict:
     """COCO fields of one object (everything but the ids)."""
     rows = np.flatnonzero(obj.full.any(axis=1))
     cols = np.flatnonzero(obj.full.any(axis=0))
@@ -243,7 +242,7 @@ def _encode_jpeg(bgr: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------- dataset
 
 def _write_split(root: Path, split: str, split_code: int, num_images: int, seed: int,
-                 progress) -> Dict:
+                 progress) -> dict:
     img_dir = root / split
     img_dir.mkdir(parents=True)
     images, annotations = [], []
@@ -282,7 +281,7 @@ def is_complete(out_dir: os.PathLike) -> bool:
 
 def make_demo_dataset(out_dir: os.PathLike, num_train: int = 300, num_val: int = 60,
                       seed: int = 0, *, force: bool = False,
-                      show_progress: bool = False) -> Dict[str, int]:
+                      show_progress: bool = False) -> dict[str, int]:
     """Write the demo dataset in COCO's layout and return counts.
 
     ``out_dir/annotations/instances_{train,val}2017.json`` and ``out_dir/{train,val}2017/*.jpg``
@@ -347,51 +346,5 @@ def make_demo_dataset(out_dir: os.PathLike, num_train: int = 300, num_val: int =
     return counts
 
 
-# ------------------------------------------------------------------------------ inspection
-
-def draw_samples(data_root: os.PathLike, out_file: os.PathLike, split: str = 'val2017',
-                 num: int = 6, cols: int = 3, cell: int = 400) -> np.ndarray:
-    """Contact sheet of the first ``num`` images of a split with boxes and class names.
-
-    Each image is letterboxed into a ``cell x cell`` tile; the sheet is written to ``out_file``
-    (any format cv2 writes) and returned as ``(rows * cell, cols * cell, 3)`` uint8 BGR.
-    """
-    root = Path(data_root)
-    coco = json.loads((root / ann_file(split)).read_text())
-    names = {c['id']: c['name'] for c in coco['categories']}
-    by_image: Dict[int, List[Dict]] = {}
-    for ann in coco['annotations']:
-        by_image.setdefault(ann['image_id'], []).append(ann)
-    images = coco['images'][:num]
-    rows = max(1, math.ceil(len(images) / cols))
-    sheet = np.full((rows * cell, cols * cell, 3), 255, np.uint8)
-    for k, info in enumerate(images):
-        img = cv2.imread(str(root / split / info['file_name']), cv2.IMREAD_COLOR)
-        scale = (cell - 8) / max(img.shape[:2])
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        for ann in by_image.get(info['id'], []):
-            x, y, bw, bh = (v * scale for v in ann['bbox'])
-            p0, p1 = (round(x), round(y)), (round(x + bw) - 1, round(y + bh) - 1)
-            cv2.rectangle(img, p0, p1, (0, 0, 0), 3)
-            cv2.rectangle(img, p0, p1, (255, 255, 255), 1)
-            # visible fraction of the box, to eyeball occlusion bookkeeping
-            frac = ann['area'] / (ann['bbox'][2] * ann['bbox'][3])
-            label = f"{names[ann['category_id']]} {frac:.2f}"
-            org = (round(x), max(round(y) - 3, 10))
-            cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 3)
-            cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
-        r, c = divmod(k, cols)
-        y0 = r * cell + (cell - img.shape[0]) // 2
-        x0 = c * cell + (cell - img.shape[1]) // 2
-        sheet[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
-        cv2.putText(sheet, f"{info['file_name']} {info['width']}x{info['height']}",
-                    (c * cell + 6, r * cell + cell - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (0, 0, 0), 1)
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_file), sheet):
-        raise RuntimeError(f'cv2 could not write the contact sheet to {out_file}')
-    return sheet
-
-
-__all__ = ['DEMO_CATEGORIES', 'DEMO_CLASSES', 'DemoCategory', 'draw_samples', 'is_complete',
+__all__ = ['DEMO_CATEGORIES', 'DEMO_CLASSES', 'DemoCategory', 'is_complete',
            'make_demo_dataset', 'render_scene']

@@ -20,7 +20,7 @@ the model's ``test_cfg``; the deploy config's ``post_processing`` cannot truncat
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 from mmdeploy.codebase.mmdet.deploy import gather_topk, pad_with_value_if_necessary
@@ -32,7 +32,7 @@ from torch import Tensor
 
 __all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg', 'tuned_fcos_head__predict_by_feat']
 
-#: Deploy-config section written by ``tools/deploy/export_onnx.py`` for these rewriters:
+#: Deploy-config section written by :func:`fcos_plugin.deploy.api.export_onnx` for these rewriters:
 #: ``pipeline_img_shape`` (h, w), the ``img_shape`` the model config's test pipeline gives every image
 #: (it ends with ``Pad(size=...)``), and ``pipeline_input_shape`` (h, w), the input size it yields
 #: after the data preprocessor's ``pad_size_divisor``. PyTorch clips boxes to the former; so does the
@@ -41,7 +41,7 @@ __all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg', 'tuned_fcos_head__pred
 EXPORT_CFG_KEY = 'fcos_plugin'
 
 
-def check_exportable_test_cfg(cfg: Union[dict, ConfigDict]) -> None:
+def check_exportable_test_cfg(cfg: dict | ConfigDict) -> None:
     """Refuse test configs the exported graph cannot reproduce exactly.
 
     Raises:
@@ -56,8 +56,8 @@ def check_exportable_test_cfg(cfg: Union[dict, ConfigDict]) -> None:
                          'a positive number of boxes per image')
 
 
-def _clip_shape(img_shape: Union[Tensor, Sequence[int]],
-                export_cfg: dict) -> Union[Tensor, Sequence[int]]:
+def _clip_shape(img_shape: Tensor | Sequence[int],
+                export_cfg: dict) -> Tensor | Sequence[int]:
     """The (h, w) boxes are clipped to: ``pipeline_img_shape`` for an input of exactly
     ``pipeline_input_shape``, else the input size. A tensor (dynamic shapes) stays a tensor, so
     the choice is made in the graph."""
@@ -76,14 +76,14 @@ def _clip_shape(img_shape: Union[Tensor, Sequence[int]],
 @FUNCTION_REWRITER.register_rewriter(
     func_name='fcos_plugin.models.dense_heads.tuned_fcos_head.TunedFCOSHead.predict_by_feat')
 def tuned_fcos_head__predict_by_feat(self,
-                                     cls_scores: List[Tensor],
-                                     bbox_preds: List[Tensor],
-                                     score_factors: List[Tensor],
-                                     batch_img_metas: Optional[List[dict]] = None,
-                                     cfg: Optional[ConfigDict] = None,
+                                     cls_scores: list[Tensor],
+                                     bbox_preds: list[Tensor],
+                                     score_factors: list[Tensor],
+                                     batch_img_metas: list[dict] | None = None,
+                                     cfg: ConfigDict | None = None,
                                      rescale: bool = False,
                                      with_nms: bool = True,
-                                     **kwargs) -> Tuple[Tensor, ...]:
+                                     **kwargs) -> tuple[Tensor, ...]:
     """Batched ``TunedFCOSHead`` post-processing for export (ONNX Runtime and default backends).
 
     Args:

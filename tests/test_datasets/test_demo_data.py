@@ -17,7 +17,6 @@ from fcos_plugin.datasets.demo_data import (
     OBJECTS_PER_IMAGE,
     SPLITS,
     ann_file,
-    draw_samples,
     is_complete,
     make_demo_dataset,
     render_scene,
@@ -190,12 +189,6 @@ def test_tool_refuses_overwrite_and_recovers_from_interruption(tmp_path, capsys)
     with pytest.raises(FileExistsError, match='not a complete demo dataset'):
         make_demo_dataset(other, 1, 1)
     assert (other / 'keep.txt').read_text() == 'mine'
-
-
-def test_draw_samples(demo, tmp_path):
-    sheet = draw_samples(demo, tmp_path / 'sheet.png', num=4, cols=2, cell=200)
-    assert sheet.shape == (400, 400, 3)
-    assert cv2.imread(str(tmp_path / 'sheet.png')).shape == (400, 400, 3)
 
 
 def test_mmdet_coco_dataset_reads_it(demo):

@@ -22,5 +22,6 @@ custom_hooks = [
     dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True,
          priority=49),
 ]
-# SyncBN when distributed on GPUs (tools/train.py drops it on CPU-only machines)
+# SyncBN when distributed on GPUs (without CUDA, adapt_cfg_to_machine in
+# fcos_plugin/engine/runtime.py drops it)
 sync_bn = 'torch'

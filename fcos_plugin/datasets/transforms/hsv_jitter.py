@@ -15,6 +15,9 @@ from mmdet.registry import TRANSFORMS
 class HSVJitter(BaseTransform):
     """Random HSV gains on a BGR uint8 image (``results['img']``); boxes are unchanged.
 
+    Follows mmyolo's ``YOLOv5HSVRandomAug`` (same gains ``1 + U(-1, 1) * delta`` and lookup tables),
+    which mmdet does not ship; kept here so the plugin does not depend on mmyolo.
+
     Args:
         hgain, sgain, vgain: maximum relative change of hue, saturation and value.
     """
