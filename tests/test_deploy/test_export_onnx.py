@@ -130,6 +130,29 @@ def test_static_export_runs_at_512(demo_packed, demo_ckpt, tmp_path):
         _run(sess, (1, 3, 384, 384))
 
 
+def test_positional_config_and_checkpoint(demo_ckpt, demo_onnx, tmp_path):
+    """mmdet's ``CONFIG CHECKPOINT`` form exports the same model as ``--config/--ckpt``."""
+    proc = subprocess.run(run_tool('tools/deploy/export_onnx.py', DEMO_CFG, demo_ckpt,
+                                   '--onnx-name', 'fcos.onnx', '--work-dir', str(tmp_path)),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shape = (1, 3, 320, 320)
+    for a, b in zip(_run(_session(str(tmp_path / 'fcos.onnx')), shape), _run(_session(demo_onnx), shape)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('args, message', [
+    ((), 'the config is missing'),
+    (('a.py', 'b.pth', '--config', 'a.py', '--ckpt', 'b.pth'), 'give the config once'),
+    (('a.py', 'c.pth', '--ckpt', 'b.pth'), 'give the ckpt once'),
+])
+def test_config_and_checkpoint_given_once(args, message, tmp_path):
+    proc = subprocess.run(run_tool('tools/deploy/export_onnx.py', *args, '--work-dir', str(tmp_path)),
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not os.listdir(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------

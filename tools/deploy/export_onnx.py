@@ -2,6 +2,7 @@
 """Export a detector to an end-to-end ONNX model (NMS inside) with mmdeploy, for ONNX Runtime.
 
     python tools/deploy/export_onnx.py --config CFG --ckpt CKPT --onnx-name fcos.onnx
+    python tools/deploy/export_onnx.py CFG CKPT --onnx-name fcos.onnx      (mmdet's positional form)
         [--deploy-cfg configs/deploy/detection_onnxruntime_dynamic.py] [--shape H W]
         [--work-dir DIR] [--cfg-options k=v ...] [--force]
 
@@ -21,8 +22,11 @@ from fcos_plugin.deploy.api import DeployError, export_onnx
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config', required=True, help='model config')
-    parser.add_argument('--ckpt', required=True, help='checkpoint matching the config')
+    parser.add_argument('config_pos', nargs='?', metavar='CONFIG', help='model config')
+    parser.add_argument('ckpt_pos', nargs='?', metavar='CHECKPOINT',
+                        help='checkpoint matching the config')
+    parser.add_argument('--config', help='model config (or CONFIG)')
+    parser.add_argument('--ckpt', help='checkpoint matching the config (or CHECKPOINT)')
     parser.add_argument('--onnx-name', default='end2end.onnx', help='model file name')
     parser.add_argument('--deploy-cfg', help='mmdeploy deploy config (default: dynamic ONNX '
                         'Runtime, or static 512x512 with --shape)')
@@ -33,7 +37,15 @@ def parse_args():
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override model config settings, key=value')
     parser.add_argument('--force', action='store_true', help='overwrite existing output files')
-    return parser.parse_args()
+    args = parser.parse_args()
+    for name, flag, meta in (('config', '--config', 'CONFIG'), ('ckpt', '--ckpt', 'CHECKPOINT')):
+        positional, option = getattr(args, f'{name}_pos'), getattr(args, name)
+        if positional and option:
+            parser.error(f'give the {name} once: as {meta} or as {flag}, not both')
+        if not (positional or option):
+            parser.error(f'the {name} is missing: give CONFIG CHECKPOINT or --config CFG --ckpt CKPT')
+        setattr(args, name, positional or option)
+    return args
 
 
 def main():
