@@ -57,10 +57,12 @@ def write_section(text: str) -> str:
         end = old.find('\n## ', start + len(SECTION))
         new = old[:start] + text + (old[end + 1:] if end >= 0 else '')
         new = new.rstrip('\n') + '\n'
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(new)
-    os.replace(tmp, path)
+    from fcos_plugin.utils import write_atomic
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(new)
+    write_atomic(path, write)
     return path
 
 

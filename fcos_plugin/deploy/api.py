@@ -30,6 +30,8 @@ import torch
 from mmengine.config import Config
 
 from ..paths import config_path
+from ..utils import abbreviate_keys, refuse_existing, state_dict_diff
+from ..utils import write_json_atomic as _write_json_atomic
 from . import rewriters  # noqa: F401  (registers the rewriters before any export)
 from .rewriters import EXPORT_CFG_KEY, check_exportable_test_cfg
 
@@ -48,7 +50,6 @@ META_FILE = 'export_meta.json'
 DEPLOY_CFG_FILE = 'deploy_cfg.py'
 #: ONNX domains of standard operators.
 STANDARD_DOMAINS = ('', 'ai.onnx')
-_KEYS_SHOWN = 8
 
 
 class DeployError(Exception):
@@ -72,9 +73,7 @@ def init_scope() -> None:
 
 def ensure_free(paths: Sequence[str], force: bool) -> None:
     """Raise :class:`DeployError` naming the ``paths`` that exist, unless ``force``."""
-    existing = [p for p in paths if osp.exists(p)]
-    if existing and not force:
-        raise DeployError(f'{", ".join(existing)} already exist(s); use --force to overwrite')
+    refuse_existing(paths, force, DeployError)
 
 
 def write_json_atomic(obj, path: str, force: bool = False) -> None:
@@ -84,22 +83,7 @@ def write_json_atomic(obj, path: str, force: bool = False) -> None:
         DeployError: ``path`` exists and ``force`` is False.
     """
     ensure_free([path], force)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(path)), prefix='.tmp-', suffix='.json')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _shorten(keys: Sequence[str]) -> str:
-    keys = list(keys)
-    more = f', ... ({len(keys) - _KEYS_SHOWN} more)' if len(keys) > _KEYS_SHOWN else ''
-    return ', '.join(keys[:_KEYS_SHOWN]) + more
+    _write_json_atomic(obj, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,19 +270,17 @@ def check_checkpoint(model: torch.nn.Module, checkpoint: str, config_name: str =
         raise DeployError(f'checkpoint {checkpoint} holds no state_dict of tensors')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
-                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    missing, unexpected, mismatched = state_dict_diff(own, state)
+    mismatched = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f'missing keys ({len(missing)}): {_shorten(missing)}')
+            parts.append(f'missing keys ({len(missing)}): {abbreviate_keys(missing)}')
         if unexpected:
-            parts.append(f'unexpected keys ({len(unexpected)}): {_shorten(unexpected)}')
+            parts.append(f'unexpected keys ({len(unexpected)}): {abbreviate_keys(unexpected)}')
         if mismatched:
             parts.append(f'shape mismatches, checkpoint vs model ({len(mismatched)}): '
-                         f'{_shorten(mismatched)}')
+                         f'{abbreviate_keys(mismatched)}')
         raise DeployError(f'checkpoint {checkpoint} does not match config {config_name}: '
                           + '; '.join(parts))
     return ckpt.get('meta', {}) or {}

@@ -39,6 +39,8 @@ from mmengine.runner.checkpoint import (
 )
 from torch import Tensor
 
+from ...utils import abbreviate_keys, state_dict_diff
+
 if TYPE_CHECKING:
     from .efficientnet import EffNet
 
@@ -243,27 +245,22 @@ def load_state_dict_exact(model: EffNet, state: Mapping[str, Tensor],
         dropped = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIXES))
         for k in dropped:
             del state[k]
-    missing = sorted(k for k in own if k not in state and not k.endswith('num_batches_tracked'))
-    unexpected = sorted(k for k in state if k not in own)
-    wrong_shape = sorted(f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                         for k in state if k in own and state[k].shape != own[k].shape)
+    missing, unexpected, wrong_shape = state_dict_diff(
+        own, state, may_be_missing=lambda k: k.endswith('num_batches_tracked'))
+    wrong_shape = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                   for k in wrong_shape]
     problems = []
     for what, keys in (('weights of the model missing from the file', missing),
                        ('keys of the file with no place in the model', unexpected),
                        ('shape mismatches', wrong_shape)):
         if keys:
-            problems.append(f'{len(keys)} {what}: {_abbrev(keys)}')
+            problems.append(f'{len(keys)} {what}: {abbreviate_keys(keys)}')
     if problems:
         raise ValueError(f'{source} does not fit EffNet(arch={model.arch!r}, '
                          f'num_classes={model.num_classes}): ' + '; '.join(problems)
                          + '. Check arch, se_ratio and num_classes against the checkpoint.')
     model.load_state_dict(state, strict=False)
     return dropped
-
-
-def _abbrev(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
 
 
 # ---- state-dict converters -------------------------------------------------------------------
@@ -332,7 +329,7 @@ def convert_torchvision_efficientnet(state_dict: Mapping[str, Tensor]) -> dict[s
         else:
             out[new] = value
     if unmapped:
-        raise ValueError(f'{len(unmapped)} torchvision keys not understood: {_abbrev(unmapped)}')
+        raise ValueError(f'{len(unmapped)} torchvision keys not understood: {abbreviate_keys(unmapped)}')
     return out
 
 
@@ -375,5 +372,5 @@ def convert_lukemelas_efficientnet(state_dict: Mapping[str, Tensor],
             out[new] = value
     if unmapped:
         raise ValueError(f'{len(unmapped)} keys not understood for {len(where)} blocks in '
-                         f'stages of {list(stage_depths)}: {_abbrev(unmapped)}')
+                         f'stages of {list(stage_depths)}: {abbreviate_keys(unmapped)}')
     return out
