@@ -72,9 +72,6 @@ COCO_CONFIG = re.compile(r'(?<![\w./-])configs/(?!.*demo)[\w.-]+\.py')
 #: run them. test_not_yet_run_is_current fails when an entry is run by a test (delete it) or no
 #: longer documented; test_unmarked_commands_are_run_by_tests fails on any gap not listed here.
 NOT_YET_RUN = {  # (script, flag): where the docs show it -> the run that would cover it
-    ('tools/dist_test.sh', ''): 'README synopsis -> 2 CPU processes testing a demo checkpoint',
-    ('benchmarks/diagnose_demo.py', ''): 'README -> a run on the demo_trained work directory',
-    ('benchmarks/diagnose_demo.py', '--score-thr'): 'README -> that run with --score-thr',
 }
 
 

@@ -80,12 +80,16 @@ def test_mmcv_has_its_compiled_ops_and_they_compute():
 def test_built_package_carries_its_configs(tmp_path):
     """A non-editable install (a wheel, as `pip install .` builds) finds the deploy configs the export
     tools default to and the model configs (``fcos_plugin.paths.config_path``) without the source tree."""
+    import shutil
     import subprocess
     import sys
     import textwrap
+    src = tmp_path / 'src'  # a copy: the build writes fcos_plugin/.mim, which must not land in the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns('.venv', '.git', 'work_dirs', 'data', '.mim',
+                                                            '__pycache__', '*.egg-info', 'build'))
     wheels = tmp_path / 'wheels'
     proc = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
-                           '-w', str(wheels), REPO], capture_output=True, text=True)
+                           '-w', str(wheels), str(src)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     site = tmp_path / 'site'
     proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site),
