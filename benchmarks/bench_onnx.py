@@ -55,7 +55,7 @@ def write_section(text: str) -> str:
         new = old.rstrip('\n') + '\n\n' + text
     else:
         end = old.find('\n## ', start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else '')
+        new = old[:start] + text.rstrip('\n') + '\n\n' + (old[end + 1:] if end >= 0 else '')
         new = new.rstrip('\n') + '\n'
     from fcos_plugin.utils import write_atomic
 

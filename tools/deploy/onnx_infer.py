@@ -215,6 +215,7 @@ def read_image(path: str) -> np.ndarray:
 
 
 def _write_atomic(path: str, write) -> None:
+    # fcos_plugin.utils.write_atomic's twin: this tool must run without torch, which fcos_plugin imports
     fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), prefix='.tmp-',
                                suffix=osp.splitext(path)[1])
     os.close(fd)
