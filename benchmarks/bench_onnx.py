@@ -70,7 +70,7 @@ def main():
     args = parse_args()
     from mmdeploy.apis import build_task_processor
 
-    from fcos_plugin.deploy.api import export_onnx, init_scope, load_deploy_cfg, load_model_cfg, quantize_int8
+    from fcos_plugin.deploy import export_onnx, init_scope, load_deploy_cfg, load_model_cfg, quantize_int8
     from fcos_plugin.deploy.evaluation import evaluate, latency_input, median_latency_ms, ort_session
     torch.set_num_threads(args.threads)
     init_scope()

@@ -2,7 +2,7 @@
 
 Every fix here works around an upstream behaviour, names the version it was written against, and has a
 test in ``tests/test_compat.py`` that fails without it (each test switches its fix off to show the need).
-Applied once, when ``fcos_plugin`` is imported.
+Applied once, when ``fcos_plugin`` is imported (2. when ``fcos_plugin.deploy`` is).
 
 1. ``torch.load(weights_only=True)`` (default since torch 2.6) refuses mmengine checkpoints: the message
    hub stores ``HistoryBuffer`` objects holding numpy arrays, the meta holds numpy scalars, and
@@ -17,7 +17,8 @@ Applied once, when ``fcos_plugin`` is imported.
    four statistics methods of ``HistoryBuffer`` and refuses anything else (it is no ``getattr``); and
    numpy 1.x's names of the allowed numpy reconstructors (``numpy.core.multiarray``) are accepted.
 2. torch >= 2.9 exports ONNX with the dynamo exporter by default; mmdeploy 1.3.1's rewriters need the
-   TorchScript exporter, so ``torch.onnx.export`` defaults to ``dynamo=False`` again.
+   TorchScript exporter, so ``torch.onnx.export`` defaults to ``dynamo=False`` again -- inside mmdeploy's
+   export only (an mmdeploy rewriter, registered when ``fcos_plugin.deploy`` is imported).
 3. mmengine 0.10.7 calls ``torch.cuda.set_device`` when initialising ``torch.distributed``, which fails
    without a GPU; on CPU-only machines initialisation skips it and uses ``gloo``.
 4. mmengine's DDP wrapper is built with ``device_ids=[local_rank]``, which torch rejects for CPU modules:
@@ -202,18 +203,22 @@ def patch_checkpoint_loading() -> None:
 # ----------------------------------------------------------------------------------------------------
 # 2. ONNX export through the TorchScript exporter
 # ----------------------------------------------------------------------------------------------------
+def _torchscript_export(*args, **kwargs):
+    """``torch.onnx.export`` inside mmdeploy's export: the TorchScript exporter unless asked otherwise."""
+    from mmdeploy.core import FUNCTION_REWRITER
+    kwargs.setdefault('dynamo', False)
+    return FUNCTION_REWRITER.get_context().origin_func(*args, **kwargs)
+
+
 def patch_onnx_export() -> None:
-    if 'onnx' in _APPLIED:
+    """Register :func:`_torchscript_export` as an mmdeploy rewriter of ``torch.onnx.export``: active only
+    while mmdeploy exports (its ``RewriterContext`` swaps it in and back), so ``torch.onnx.export`` is
+    untouched everywhere else. Called by ``fcos_plugin.deploy`` (which mmdeploy imports through the
+    deploy configs' ``codebase_config.module``), not when ``fcos_plugin`` is imported."""
+    if 'onnx' in _APPLIED or 'onnx' in disabled_fixes():
         return
-    original = torch.onnx.export
-
-    @functools.wraps(original)
-    def export(*args, **kwargs):
-        kwargs.setdefault('dynamo', False)
-        return original(*args, **kwargs)
-
-    export.__wrapped_by_fcos_plugin__ = original
-    torch.onnx.export = export
+    from mmdeploy.core import FUNCTION_REWRITER
+    FUNCTION_REWRITER.register_rewriter(func_name='torch.onnx.export')(_torchscript_export)
     _APPLIED.add('onnx')
 
 
@@ -409,18 +414,26 @@ def patch_atomic_save() -> None:
     _APPLIED.add('atomic_save')
 
 
-PATCHES = {'checkpoint': patch_checkpoint_loading, 'onnx': patch_onnx_export, 'dist': patch_dist_init,
-           'nms': patch_nms, 'warnings': silence_harmless_warnings, 'atomic_save': patch_atomic_save}
+PATCHES = {'checkpoint': patch_checkpoint_loading, 'dist': patch_dist_init, 'nms': patch_nms,
+           'warnings': silence_harmless_warnings, 'atomic_save': patch_atomic_save}
+#: Applied where they are needed, not on import: ``onnx`` by ``fcos_plugin.deploy``.
+ON_DEMAND = {'onnx': patch_onnx_export}
+
+
+def disabled_fixes() -> set[str]:
+    """The fixes named in ``FCOS_PLUGIN_DISABLE_COMPAT`` (comma separated; the tests use it to show each
+    fix is still needed)."""
+    disabled = set(filter(None, os.environ.get('FCOS_PLUGIN_DISABLE_COMPAT', '').split(',')))
+    unknown = disabled - set(PATCHES) - set(ON_DEMAND)
+    if unknown:
+        raise ValueError(f'FCOS_PLUGIN_DISABLE_COMPAT names unknown fixes {sorted(unknown)}; '
+                         f'known: {sorted({*PATCHES, *ON_DEMAND})}')
+    return disabled
 
 
 def apply_all() -> None:
-    """Apply every fix except those named in ``FCOS_PLUGIN_DISABLE_COMPAT`` (comma separated; the tests
-    use it to show each fix is still needed)."""
-    disabled = set(filter(None, os.environ.get('FCOS_PLUGIN_DISABLE_COMPAT', '').split(',')))
-    unknown = disabled - set(PATCHES)
-    if unknown:
-        raise ValueError(f'FCOS_PLUGIN_DISABLE_COMPAT names unknown fixes {sorted(unknown)}; '
-                         f'known: {sorted(PATCHES)}')
+    """Apply every fix of :data:`PATCHES` except the :func:`disabled_fixes`."""
+    disabled = disabled_fixes()
     for name, patch in PATCHES.items():
         if name not in disabled:
             patch()

@@ -111,8 +111,16 @@ def test_malicious_checkpoint_is_refused_and_its_payload_does_not_run(demo_packe
 
 
 def test_mmdeploy_export_needs_torchscript_exporter(tmp_path):
+    """mmdeploy's export fails on torch 2.14's default (dynamo) exporter; with ``fcos_plugin.deploy``
+    imported it uses the TorchScript exporter -- inside mmdeploy's export only: ``torch.onnx.export``
+    itself is the same function before and after, and after ``import fcos_plugin`` alone."""
     code = f'''
-        import torch, fcos_plugin
+        import torch
+        original = torch.onnx.export
+        import fcos_plugin
+        assert torch.onnx.export is original, 'import fcos_plugin changed torch.onnx.export'
+        import fcos_plugin.deploy
+        assert torch.onnx.export is original, 'import fcos_plugin.deploy changed torch.onnx.export'
         from mmdeploy.apis.onnx import export
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
         export(model, torch.rand(1, 3, 16, 16), {str(tmp_path / "m")!r}, backend='onnxruntime',
@@ -121,12 +129,13 @@ def test_mmdeploy_export_needs_torchscript_exporter(tmp_path):
                                     output_names=['output'], save_file='m.onnx'),
                    backend_config=dict(type='onnxruntime'), codebase_config=dict(type='mmdet'))),
                input_names=['input'], output_names=['output'])
+        assert torch.onnx.export is original, 'the export left torch.onnx.export patched'
         import onnx; onnx.checker.check_model({str(tmp_path / "m.onnx")!r}); print('ok')
     '''
     with_fix = _py(code)
     assert with_fix.returncode == 0 and 'ok' in with_fix.stdout, with_fix.stderr[-2000:]
     without = _py(code, disable='onnx')
-    assert without.returncode != 0 and 'onnxscript' in without.stderr
+    assert without.returncode != 0 and 'onnxscript' in without.stderr, without.stderr[-2000:]
 
 
 def _first_step_config(tmp_path) -> str:

@@ -100,7 +100,7 @@ def test_built_package_carries_its_configs(tmp_path):
     code = textwrap.dedent(f'''
         import os.path as osp
         import fcos_plugin
-        from fcos_plugin.deploy.api import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, load_deploy_cfg
+        from fcos_plugin.deploy import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, load_deploy_cfg
         from fcos_plugin.paths import config_path
         from mmengine.config import Config
         assert fcos_plugin.__file__.startswith({str(site)!r}), fcos_plugin.__file__

@@ -5,7 +5,7 @@ onnx_config = dict(
     export_params=True,
     keep_initializers_as_inputs=False,  # lets ONNX Runtime fold BN and quantize the weights
     opset_version=13,  # per-channel int8 (QDQ) needs >= 13
-    save_file='end2end.onnx',  # fcos_plugin.deploy.api.export_onnx sets it from onnx_name
+    save_file='end2end.onnx',  # fcos_plugin.deploy.export_onnx sets it from onnx_name
     input_names=['input'],
     output_names=['dets', 'labels'],
     input_shape=None,

@@ -1,6 +1,38 @@
-"""Deployment support (needs mmdeploy): importing ``fcos_plugin.deploy`` registers the mmdeploy
-rewriters of fcos_plugin's modules. Kept out of ``fcos_plugin/__init__`` so that training and
-testing never import mmdeploy."""
+"""Deployment to ONNX Runtime through mmdeploy (needs mmdeploy; kept out of ``fcos_plugin/__init__`` so
+that training and testing never import it). One module per job, as mmdeploy keeps its ``apis/``:
+
+=================  ====================================================================================
+``configs``        model and deploy configs loaded and checked (:func:`load_model_cfg`,
+                   :func:`load_deploy_cfg`, :func:`deploy_cfg_for`)
+``checks``         checkpoint, ONNX model and input-size checks (:func:`check_checkpoint`,
+                   :func:`check_onnx_model`, :func:`check_input_shape`)
+``pytorch2onnx``   :func:`export_onnx`: mmdeploy's ``torch2onnx`` + ``export2SDK`` into a work directory
+``quantization``   :func:`quantize_int8`: ONNX Runtime static int8, calibrated on the train set
+``evaluation``     :func:`evaluate`, latency of ONNX and PyTorch models
+``data``           the test pipeline for a static input, train/val dataloaders for the above
+``rewriters``      mmdeploy rewriters of the plugin's head (registered on import)
+``common``         :class:`DeployError`, the exported file names, ``--force`` handling
+=================  ====================================================================================
+
+Importing this package registers the rewriters and, through :func:`fcos_plugin.compat.patch_onnx_export`,
+makes mmdeploy's exports use the TorchScript exporter -- only inside mmdeploy's export, nowhere else.
+"""
+from .. import compat
+from .checks import check_checkpoint, check_input_shape, check_onnx_model, onnx_input_dims
+from .common import DeployError, ensure_free, init_scope, write_json_atomic
+from .configs import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, deploy_cfg_for, load_deploy_cfg, load_model_cfg
+from .data import build_dataloader
+from .evaluation import evaluate, latency_input, median_latency_ms, onnx_latency_ms, ort_session
+from .pytorch2onnx import export_onnx
+from .quantization import quantize_int8
 from .rewriters import EXPORT_CFG_KEY, check_exportable_test_cfg
 
-__all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg']
+compat.patch_onnx_export()
+
+__all__ = [
+    'DEFAULT_DEPLOY_CFG', 'DeployError', 'EXPORT_CFG_KEY', 'STATIC_DEPLOY_CFG', 'build_dataloader',
+    'check_checkpoint', 'check_exportable_test_cfg', 'check_input_shape', 'check_onnx_model',
+    'deploy_cfg_for', 'ensure_free', 'evaluate', 'export_onnx', 'init_scope', 'latency_input',
+    'load_deploy_cfg', 'load_model_cfg', 'median_latency_ms', 'onnx_input_dims', 'onnx_latency_ms',
+    'ort_session', 'quantize_int8', 'write_json_atomic'
+]

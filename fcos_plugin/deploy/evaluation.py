@@ -10,43 +10,33 @@
   alike.
 
 The input size of an ONNX model is checked against its deploy config and ``export_meta.json`` by
-:func:`fcos_plugin.deploy.api.check_input_shape` before anything runs.
+:func:`fcos_plugin.deploy.checks.check_input_shape` before anything runs.
 """
 from __future__ import annotations
 
 import copy
 import os.path as osp
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from mmengine.config import Config
 
-from .api import (
-    DeployError,
-    Log,
-    _deploy_cfg_for,
-    _static_pipeline,
-    build_dataloader,
-    check_input_shape,
-    check_onnx_model,
-    init_scope,
-    load_deploy_cfg,
-    load_model_cfg,
-    onnx_input_dims,
-    static_input_shape,
-)
+from .checks import check_input_shape, check_onnx_model, onnx_input_dims
+from .common import DeployError, Log, init_scope
+from .configs import deploy_cfg_for, load_deploy_cfg, load_model_cfg, static_input_shape
+from .data import build_dataloader, static_pipeline
 
 __all__ = ['evaluate', 'latency_input', 'median_latency_ms', 'onnx_latency_ms', 'ort_session']
 
 
-def evaluate(model_cfg: Union[str, Config],
-             model: Union[str, torch.nn.Module],
-             deploy_cfg: Union[str, Config, None] = None,
-             num_images: Optional[int] = None,
-             batch_size: Optional[int] = None,
-             log: Log = print) -> Dict[str, float]:
+def evaluate(model_cfg: str | Config,
+             model: str | torch.nn.Module,
+             deploy_cfg: str | Config | None = None,
+             num_images: int | None = None,
+             batch_size: int | None = None,
+             log: Log = print) -> dict[str, float]:
     """COCO metrics of an ONNX model (path) or a PyTorch detector on the config's val set.
 
     ONNX models run through mmdeploy's backend model (ONNX Runtime, same data preprocessor,
@@ -73,7 +63,7 @@ def evaluate(model_cfg: Union[str, Config],
     init_scope()
     model_cfg = load_model_cfg(model_cfg)
     if isinstance(model, str):
-        deploy_cfg = _deploy_cfg_for(model, deploy_cfg)
+        deploy_cfg = deploy_cfg_for(model, deploy_cfg)
         if not osp.isfile(model):
             raise DeployError(f'model {model} does not exist')
         check_onnx_model(model)
@@ -89,7 +79,7 @@ def evaluate(model_cfg: Union[str, Config],
     else:
         deploy_cfg = load_deploy_cfg(deploy_cfg)
         runner_model = model
-    pipeline = _static_pipeline(model_cfg.val_dataloader.dataset.pipeline,
+    pipeline = static_pipeline(model_cfg.val_dataloader.dataset.pipeline,
                                 static_input_shape(deploy_cfg))
     loader = build_dataloader(model_cfg, 'val', pipeline, batch_size, num_images)
     evaluator = Evaluator(copy.deepcopy(model_cfg.val_evaluator))
@@ -104,15 +94,15 @@ def evaluate(model_cfg: Union[str, Config],
             for k, v in metrics.items()}
 
 
-def latency_input(model_cfg: Union[str, Config],
+def latency_input(model_cfg: str | Config,
                   model: str,
-                  deploy_cfg: Union[str, Config, None] = None,
-                  shape: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, list]:
+                  deploy_cfg: str | Config | None = None,
+                  shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, list]:
     """The first val image as an ONNX model sees it in :func:`evaluate`: ``(inputs, data_samples)``.
 
     The image goes through the config's val pipeline -- rewritten by mmdeploy for the deploy
     config's static input size, as in :func:`evaluate` -- and the model's data preprocessor. The
-    model's input size is checked first (:func:`~fcos_plugin.deploy.api.check_input_shape`), so this
+    model's input size is checked first (:func:`~fcos_plugin.deploy.checks.check_input_shape`), so this
     is also the quick check to run before anything expensive.
 
     Args:
@@ -133,7 +123,7 @@ def latency_input(model_cfg: Union[str, Config],
     from mmdet.registry import MODELS
     init_scope()
     model_cfg = load_model_cfg(model_cfg)
-    deploy_cfg = _deploy_cfg_for(model, deploy_cfg)
+    deploy_cfg = deploy_cfg_for(model, deploy_cfg)
     if not osp.isfile(model):
         raise DeployError(f'model {model} does not exist')
     static_hw = check_input_shape(model, deploy_cfg)
@@ -145,7 +135,7 @@ def latency_input(model_cfg: Union[str, Config],
         wh = [shape[1], shape[0]]
     else:
         wh = static_input_shape(deploy_cfg)
-    pipeline = _static_pipeline(model_cfg.val_dataloader.dataset.pipeline, wh)
+    pipeline = static_pipeline(model_cfg.val_dataloader.dataset.pipeline, wh)
     loader = build_dataloader(model_cfg, 'val', pipeline, batch_size=1, num_images=1)
     if len(loader.dataset) == 0:
         raise DeployError(f'no images in the val set of {model_cfg.filename}')
@@ -168,8 +158,8 @@ def ort_session(model: str, threads: int = 2):
     return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
-def median_latency_ms(fns: Dict[str, Callable[[], object]], runs: int = 10,
-                      warmup: int = 1) -> Dict[str, float]:
+def median_latency_ms(fns: dict[str, Callable[[], object]], runs: int = 10,
+                      warmup: int = 1) -> dict[str, float]:
     """Median wall time in milliseconds of each callable, over ``runs`` rounds.
 
     Every callable runs ``warmup`` times first; then each round runs all of them once, in order, so
@@ -177,7 +167,7 @@ def median_latency_ms(fns: Dict[str, Callable[[], object]], runs: int = 10,
     """
     if runs < 1:
         raise ValueError(f'runs must be >= 1, got {runs}')
-    times: Dict[str, list] = {name: [] for name in fns}
+    times: dict[str, list] = {name: [] for name in fns}
     with torch.no_grad():
         for fn in fns.values():
             for _ in range(warmup):
@@ -190,8 +180,8 @@ def median_latency_ms(fns: Dict[str, Callable[[], object]], runs: int = 10,
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
-def onnx_latency_ms(models: Dict[str, str], x: np.ndarray, threads: int = 2,
-                    runs: int = 10) -> Dict[str, float]:
+def onnx_latency_ms(models: dict[str, str], x: np.ndarray, threads: int = 2,
+                    runs: int = 10) -> dict[str, float]:
     """Median ONNX Runtime latency (ms) of each named ONNX model on the same input ``x``.
 
     Raises:
@@ -207,6 +197,6 @@ def onnx_latency_ms(models: Dict[str, str], x: np.ndarray, threads: int = 2,
                               for name, s in sessions.items()}, runs)
 
 
-def _dims_str(dims: Sequence[Union[int, str, None]]) -> str:
+def _dims_str(dims: Sequence[int | str | None]) -> str:
     return '[' + ', '.join(str(d) if isinstance(d, int) else '?' for d in dims) + ']'
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 __all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg', 'tuned_fcos_head__predict_by_feat']
 
-#: Deploy-config section written by :func:`fcos_plugin.deploy.api.export_onnx` for these rewriters:
+#: Deploy-config section written by :func:`fcos_plugin.deploy.export_onnx` for these rewriters:
 #: ``pipeline_img_shape`` (h, w), the ``img_shape`` the model config's test pipeline gives every image
 #: (it ends with ``Pad(size=...)``), and ``pipeline_input_shape`` (h, w), the input size it yields
 #: after the data preprocessor's ``pad_size_divisor``. PyTorch clips boxes to the former; so does the

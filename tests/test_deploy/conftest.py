@@ -7,7 +7,6 @@ import copy
 import glob
 import os.path as osp
 import subprocess
-from typing import List
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ BOX_ATOL = 1e-2  # px
 SCORE_ATOL = 1e-4
 
 
-def data_options(root: str, splits=('train', 'val', 'test')) -> List[str]:
+def data_options(root: str, splits=('train', 'val', 'test')) -> list[str]:
     return [f'{s}_dataloader.dataset.data_root={root}' for s in splits]
 
 
@@ -92,7 +91,7 @@ def coco_ckpt(tiny_coco_packed, tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def coco_onnx(coco_ckpt, tiny_coco_packed, tmp_path_factory) -> str:
     """Exported in-process (the command line is tested with the demo model)."""
-    from fcos_plugin.deploy.api import export_onnx
+    from fcos_plugin.deploy import export_onnx
     paths = export_onnx(model_cfg(COCO_CFG, tiny_coco_packed), coco_ckpt,
                         str(tmp_path_factory.mktemp('coco_onnx')), onnx_name='fcos.onnx',
                         log=lambda s: None)
@@ -111,7 +110,7 @@ def predict_both(cfg: Config, ckpt: str, onnx_path: str, indices: int, batch_siz
     from mmdeploy.apis import build_task_processor
     from mmengine.evaluator import Evaluator
 
-    from fcos_plugin.deploy.api import build_dataloader, init_scope, load_deploy_cfg, load_model_cfg
+    from fcos_plugin.deploy import build_dataloader, init_scope, load_deploy_cfg, load_model_cfg
     init_scope()
     cfg = load_model_cfg(cfg)
     deploy_cfg = load_deploy_cfg(osp.join(osp.dirname(onnx_path), 'deploy_cfg.py'))

@@ -61,7 +61,7 @@ def test_work_dir_is_a_complete_mmdeploy_work_dir(demo_onnx):
     assert meta['classes'] == list(DEMO_CLASSES)
     # 320x320 test images, padded to the data preprocessor's multiple of 32: the graph knows both
     assert meta['pipeline_img_shape'] == [320, 320] and meta['pipeline_input_shape'] == [320, 320]
-    from fcos_plugin.deploy.api import load_deploy_cfg
+    from fcos_plugin.deploy import load_deploy_cfg
     assert load_deploy_cfg(osp.join(work, 'deploy_cfg.py')).fcos_plugin.pipeline_img_shape == [320, 320]
 
 
@@ -114,7 +114,7 @@ def test_batch_of_two_equals_two_single_runs(demo_onnx):
 
 
 def test_static_export_runs_at_512(demo_packed, demo_ckpt, tmp_path):
-    from fcos_plugin.deploy.api import export_onnx
+    from fcos_plugin.deploy import export_onnx
     cfg = model_cfg(DEMO_CFG, demo_packed)
     paths = export_onnx(cfg, demo_ckpt, str(tmp_path), onnx_name='static.onnx', shape=(512, 512),
                         log=lambda s: None)
@@ -184,7 +184,7 @@ def test_mismatched_checkpoint_is_named_and_nothing_is_written(demo_ckpt, tmp_pa
 
 
 def test_unsupported_deploy_configs_are_refused(tmp_path):
-    from fcos_plugin.deploy.api import DeployError, load_deploy_cfg
+    from fcos_plugin.deploy import DeployError, load_deploy_cfg
     base = osp.join(REPO, 'configs', 'deploy', '_base_onnxruntime.py')
     cases = {
         'trt.py': ("backend_config = dict(type='tensorrt')", "backend_config.type is 'tensorrt'"),
@@ -202,7 +202,7 @@ def test_unsupported_deploy_configs_are_refused(tmp_path):
 
 
 def test_existing_outputs_need_force(demo_packed, demo_ckpt, demo_onnx):
-    from fcos_plugin.deploy.api import DeployError, export_onnx
+    from fcos_plugin.deploy import DeployError, export_onnx
     before = _digest(demo_onnx)
     with pytest.raises(DeployError, match='already exist.*--force'):
         export_onnx(model_cfg(DEMO_CFG, demo_packed), demo_ckpt, osp.dirname(demo_onnx),
@@ -223,7 +223,7 @@ def test_importing_fcos_plugin_does_not_import_mmdeploy():
 def test_deploy_post_processing_cannot_truncate(demo_packed, demo_ckpt, demo_onnx, tmp_path):
     """Tiny pre_top_k / per-class / keep_top_k limits in the deploy config change nothing: the
     model's test_cfg (nms_pre 1000, max_per_img 100) decides, as in PyTorch."""
-    from fcos_plugin.deploy.api import export_onnx
+    from fcos_plugin.deploy import export_onnx
     deploy = tmp_path / 'tight.py'
     deploy.write_text(
         f"_base_ = ['{osp.join(REPO, 'configs', 'deploy', 'detection_onnxruntime_dynamic.py')}']\n"

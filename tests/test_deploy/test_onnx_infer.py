@@ -47,7 +47,7 @@ def infer(*args: str) -> subprocess.CompletedProcess:
 def test_preprocessing_equals_mmdeploy_create_input(demo_packed, demo_onnx, tiny_coco):
     from mmdeploy.apis import build_task_processor
 
-    from fcos_plugin.deploy.api import init_scope, load_deploy_cfg, load_model_cfg
+    from fcos_plugin.deploy import init_scope, load_deploy_cfg, load_model_cfg
     init_scope()
     cfg = load_model_cfg(model_cfg(DEMO_CFG, demo_packed))
     task = build_task_processor(copy.deepcopy(cfg), load_deploy_cfg(
@@ -76,7 +76,7 @@ def test_writes_pictures_and_json_in_original_pixels(demo_onnx, tiny_coco, tmp_p
     # the same detections as mmdeploy's backend model, which maps boxes back the same way
     from mmdeploy.apis import build_task_processor
 
-    from fcos_plugin.deploy.api import init_scope, load_deploy_cfg, load_model_cfg
+    from fcos_plugin.deploy import init_scope, load_deploy_cfg, load_model_cfg
     init_scope()
     cfg = load_model_cfg(DEMO_CFG)
     task = build_task_processor(copy.deepcopy(cfg), load_deploy_cfg(

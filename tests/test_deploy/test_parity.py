@@ -70,7 +70,7 @@ def _raw_pairs(cfg, ckpt: str, deploy_cfg_path: str, work_dir: str, num_images: 
     from mmdeploy.apis import build_task_processor
     from mmdeploy.apis.onnx import export
 
-    from fcos_plugin.deploy.api import build_dataloader, init_scope, load_deploy_cfg, load_model_cfg
+    from fcos_plugin.deploy import build_dataloader, init_scope, load_deploy_cfg, load_model_cfg
     init_scope()
     cfg = load_model_cfg(cfg)
     deploy_cfg = load_deploy_cfg(deploy_cfg_path)

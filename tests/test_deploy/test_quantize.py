@@ -208,7 +208,7 @@ def test_report_equals_reference_evaluations(int8_run, tmp_path):
 
 
 def test_static_export_of_another_size(demo_trained, tmp_path):
-    from fcos_plugin.deploy.api import DeployError, check_input_shape, export_onnx, load_deploy_cfg
+    from fcos_plugin.deploy import DeployError, check_input_shape, export_onnx, load_deploy_cfg
     root = demo_trained['data_root']
     paths = export_onnx(model_cfg(DEMO_CFG, root), demo_trained['checkpoint'], str(tmp_path / 'static'),
                         onnx_name='fcos.onnx', shape=STATIC_HW, log=lambda s: None)

@@ -17,7 +17,7 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from fcos_plugin.deploy.api import DeployError, export_onnx
+from fcos_plugin.deploy import DeployError, export_onnx
 
 
 def parse_args():

@@ -15,7 +15,7 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from fcos_plugin.deploy.api import DeployError, ensure_free, load_model_cfg, write_json_atomic
+from fcos_plugin.deploy import DeployError, ensure_free, load_model_cfg, write_json_atomic
 from fcos_plugin.deploy.evaluation import evaluate
 
 

@@ -1,0 +1,141 @@
+"""Checks of what goes into and comes out of an export, each raising :class:`DeployError` with a message
+that names the file and what to do:
+
+* :func:`check_checkpoint` -- the checkpoint holds exactly the model's weights (mmengine's strict load);
+* :func:`check_onnx_model` -- a valid ONNX model of standard operators only;
+* :func:`onnx_input_dims` / :func:`check_input_shape` -- the input size of an exported model against its
+  deploy config and ``export_meta.json``.
+"""
+from __future__ import annotations
+
+import json
+import os.path as osp
+import re
+
+import torch
+from mmengine.config import Config
+
+from ..utils import abbreviate_keys, state_dict_diff
+from .common import DEPLOY_CFG_FILE, META_FILE, DeployError
+from .configs import static_input_shape
+
+__all__ = ['check_checkpoint', 'check_input_shape', 'check_onnx_model', 'onnx_input_dims']
+
+#: ONNX domains of standard operators.
+STANDARD_DOMAINS = ('', 'ai.onnx')
+#: What mmengine's loader does to checkpoint keys by default (weights saved from a DDP-wrapped model).
+REVISE_KEYS = [(r'^module\.', '')]
+
+
+def check_checkpoint(model: torch.nn.Module, checkpoint: str, config_name: str = '') -> dict:
+    """Load ``checkpoint`` into ``model`` with mmengine's strict load; say what does not fit if it fails.
+
+    The check is mmengine's (``strict=True``: every weight present with its shape, nothing extra; BN's
+    ``num_batches_tracked`` may be absent); the message counts and names the missing, unexpected and
+    differently shaped tensors.
+
+    Returns:
+        dict: the checkpoint's ``meta`` (may be empty).
+
+    Raises:
+        DeployError: no such file, unreadable file, no state dict, or weights that do not fit ``model``.
+    """
+    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+    from fcos_plugin.compat import UnsafeCheckpointError
+    if not osp.isfile(checkpoint):
+        raise DeployError(f'checkpoint {checkpoint} does not exist')
+    try:
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    except UnsafeCheckpointError as e:
+        raise DeployError(str(e)) from None
+    except Exception as e:  # noqa: BLE001  (any unreadable file: say which and why)
+        raise DeployError(f'cannot read checkpoint {checkpoint}: {type(e).__name__}: '
+                          f'{str(e).splitlines()[0] if str(e) else ""}') from None
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeployError(f'checkpoint {checkpoint} holds no state_dict of tensors')
+    try:
+        _load_checkpoint_to_model(model, ckpt, strict=True, revise_keys=REVISE_KEYS)
+    except RuntimeError:  # mmengine lists every key in one line: count and abbreviate them instead
+        for pattern, replacement in REVISE_KEYS:
+            state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
+        own = model.state_dict()
+        missing, unexpected, mismatched = state_dict_diff(
+            own, state, may_be_missing=lambda key: key.endswith('num_batches_tracked'))
+        mismatched = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched]
+        parts = [f'{what} ({len(keys)}): {abbreviate_keys(keys)}' for what, keys in (
+            ('missing keys', missing), ('unexpected keys', unexpected),
+            ('shape mismatches, checkpoint vs model', mismatched)) if keys]
+        raise DeployError(f'checkpoint {checkpoint} does not match config {config_name}: '
+                          + '; '.join(parts)) from None
+    return ckpt.get('meta', {}) or {}
+
+
+def check_onnx_model(path: str) -> list[str]:
+    """``onnx.checker`` plus: only standard ONNX operators. Returns the op types."""
+    import onnx
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise DeployError(f'{path} is not a valid ONNX model: {str(e).splitlines()[0]}') from None
+    custom = sorted({f'{n.domain}::{n.op_type}' for n in model.graph.node
+                     if n.domain not in STANDARD_DOMAINS})
+    if custom:
+        raise DeployError(f'{path} uses non-standard operators: {", ".join(custom)}')
+    return sorted({n.op_type for n in model.graph.node})
+
+
+def onnx_input_dims(path: str) -> list[int | str | None]:
+    """The dimensions of an ONNX model's ``input``: ints where static, axis names (or None) where dynamic.
+
+    Raises:
+        DeployError: unreadable model, or no graph input named ``input``.
+    """
+    import onnx
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception as e:  # noqa: BLE001
+        raise DeployError(f'{path} is not a valid ONNX model: {str(e).splitlines()[0]}') from None
+    for value in graph.input:
+        if value.name == 'input':
+            return [d.dim_value if d.HasField('dim_value') else (d.dim_param or None)
+                    for d in value.type.tensor_type.shape.dim]
+    raise DeployError(f'{path} has no graph input named "input" (inputs: '
+                      f'{", ".join(v.name for v in graph.input)})')
+
+
+def check_input_shape(path: str, deploy_cfg: Config) -> tuple[int, int] | None:
+    """Check the input size of an exported model against its deploy config and export metadata.
+
+    A static model (fixed height and width in the graph) must be run with a deploy config of the
+    same static size, or the val/calibration pipeline would feed it other sizes and ONNX Runtime
+    would fail after minutes of work; the ``export_meta.json`` beside it, if any, must say the same.
+
+    Returns:
+        (height, width) of a static model, None for dynamic height and width.
+
+    Raises:
+        DeployError: the graph, the deploy config and ``export_meta.json`` disagree (says which).
+    """
+    dims = onnx_input_dims(path)
+    if len(dims) != 4:
+        raise DeployError(f'{path}: input has {len(dims)} dimensions, expected (N, 3, H, W)')
+    graph_hw = tuple(dims[2:]) if all(isinstance(d, int) for d in dims[2:]) else None
+    cfg_wh = static_input_shape(deploy_cfg)
+    cfg_hw = tuple(int(v) for v in cfg_wh[::-1]) if cfg_wh else None
+    show = lambda hw: f'static {hw[0]}x{hw[1]} (height x width)' if hw else 'dynamic'
+    if graph_hw is not None and cfg_hw != graph_hw:
+        raise DeployError(f'{path} is {show(graph_hw)} but deploy config {deploy_cfg.filename or ""} is '
+                          f'{show(cfg_hw)}: pass the deploy config it was exported with (--deploy-cfg; '
+                          f'default: the {DEPLOY_CFG_FILE} beside the model)')
+    meta_path = osp.join(osp.dirname(osp.abspath(path)), META_FILE)
+    if osp.isfile(meta_path):
+        with open(meta_path) as f:
+            meta_hw = json.load(f).get('input_shape_hw')
+        meta_hw = tuple(int(v) for v in meta_hw) if meta_hw else None
+        if meta_hw != graph_hw:
+            raise DeployError(f'{path} is {show(graph_hw)} but {meta_path} says {show(meta_hw)}: the '
+                              'model is not the one exported into its directory')
+    return graph_hw
