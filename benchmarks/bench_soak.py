@@ -77,7 +77,7 @@ def main() -> None:
         from mmengine.runner import Runner
 
         import fcos_plugin  # noqa: F401
-        from fcos_plugin.engine import adapt_cfg_to_machine
+        from fcos_plugin.utils import adapt_cfg_to_machine
         records: list[dict] = []
 
         class MemoryProbe(Hook):

@@ -36,7 +36,7 @@ Applied once, when ``fcos_plugin`` is imported (2. when ``fcos_plugin.deploy`` i
    renames it over the target (``CheckpointHook`` writes ``last_checkpoint`` only after ``put`` returned,
    so it never points at a file that is not complete); a failed write removes the temporary file and a
    full disk raises ``DiskFullError`` ("no space left on DIR"), which the tools print without a
-   traceback.
+   traceback. The writer is :func:`fcos_plugin.utils.write_atomic`, the package's one atomic writer.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
+
+from .utils.fileio import DiskFullError, write_atomic  # noqa: F401  (DiskFullError: raised by fix 7)
 
 _APPLIED: set[str] = set()
 
@@ -329,75 +331,13 @@ def silence_harmless_warnings() -> None:
 # ----------------------------------------------------------------------------------------------------
 # 7. atomic checkpoint writes
 # ----------------------------------------------------------------------------------------------------
-class DiskFullError(OSError):
-    """A write ran out of space (``ENOSPC``/``EDQUOT``); the target was left as it was and the partial
-    temporary file removed. ``str()`` is the message for the user."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(code, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _mb(n: float) -> str:
-    return f'{n / 2**20:.1f} MB'
-
-
 def write_bytes_atomic(data: bytes, filepath: str) -> None:
-    """Write ``data`` to ``filepath`` so that it holds either its previous content or all of ``data``:
-    a temporary file beside it (same file system, so the rename is atomic), fsync'd, then renamed over
-    it; the directory is fsync'd after the rename. The file gets the mode ``open(filepath, 'wb')`` would
-    give it (the umask for a new file, the old mode for an existing one). A symbolic link is written
-    through, as ``open`` does.
-
-    Raises:
-        DiskFullError: no space left (message names the directory, the sizes; nothing partial is left).
-        OSError: any other failure, also without a partial file left.
-    """
-    import errno
-    import secrets
-    import stat
-    target = os.path.realpath(os.fspath(filepath))
-    directory, name = os.path.split(target)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f'.{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp')
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() does
-    try:
-        try:
-            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
-        except FileNotFoundError:
-            pass
-        with os.fdopen(fd, 'wb') as f:
+    """Write ``data`` to ``filepath`` with :func:`fcos_plugin.utils.write_atomic` (temporary file beside
+    it, fsync, rename; :class:`DiskFullError` naming the directory when the disk is full)."""
+    def write(tmp: str) -> None:
+        with open(tmp, 'wb') as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            try:
-                st = os.statvfs(directory)
-                free = f'{_mb(st.f_bavail * st.f_frsize)} free of {_mb(st.f_blocks * st.f_frsize)}, '
-            except OSError:
-                free = ''
-            kept = 'its previous version is unchanged' if os.path.exists(target) else 'nothing was written'
-            raise DiskFullError(e.errno, f'no space left on {directory} ({free}{_mb(len(data))} needed) '
-                                f'while writing {name}: {kept}, the partial file was removed '
-                                f'[{e.strerror}]') from None
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    write_atomic(filepath, write, size=len(data))
 
 
 def patch_atomic_save() -> None:

@@ -18,10 +18,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
-from fcos_plugin.compat import DiskFullError, UnsafeCheckpointError
+from fcos_plugin.compat import UnsafeCheckpointError
 from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
-from fcos_plugin.engine import CheckpointMismatchError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.engine import CheckpointMismatchError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
+from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
 
 
 def parse_args():

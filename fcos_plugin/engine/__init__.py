@@ -1,3 +1,4 @@
+"""MMEngine extensions of the plugin: hooks registered in mmdet's ``HOOKS``."""
 from .hooks import (
     ChannelsLastHook,
     CheckpointFitsModelHook,
@@ -6,8 +7,6 @@ from .hooks import (
     StopOnNonFiniteLossHook,
     checkpoint_fit,
 )
-from .options import literal_dicts
-from .runtime import adapt_cfg_to_machine
 
 __all__ = ['ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
-           'StopOnNonFiniteLossHook', 'adapt_cfg_to_machine', 'checkpoint_fit', 'literal_dicts']
+           'StopOnNonFiniteLossHook', 'checkpoint_fit']

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional
 
 import torch
 from mmdet.engine.hooks import CheckInvalidLossHook
@@ -36,8 +35,8 @@ class StopOnNonFiniteLossHook(CheckInvalidLossHook):
     def __init__(self, interval: int = 1) -> None:
         super().__init__(interval=interval)
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch: Optional[dict] = None,
-                         outputs: Optional[dict] = None) -> None:
+    def after_train_iter(self, runner, batch_idx: int, data_batch: dict | None = None,
+                         outputs: dict | None = None) -> None:
         if not outputs or not self.every_n_train_iters(runner, self.interval):
             return
         bad = {k: float(v) for k, v in outputs.items()

@@ -8,7 +8,8 @@ import torch
 from mmengine.config import Config
 
 import fcos_plugin  # noqa: F401
-from fcos_plugin.engine import ChannelsLastHook, adapt_cfg_to_machine
+from fcos_plugin.engine import ChannelsLastHook
+from fcos_plugin.utils import adapt_cfg_to_machine
 
 from ..conftest import REPO
 

@@ -162,7 +162,7 @@ def test_wrapper_has_mmdets_options():
 
 
 def test_literal_dicts():
-    from fcos_plugin.engine import literal_dicts
+    from fcos_plugin.utils import literal_dicts
     tensorboard = "dict(type='TensorboardVisBackend', save_dir='tb', x=dict(k=(1, -2)))"
     opts = {'visualizer.vis_backends': ["dict(type='LocalVisBackend')", tensorboard],
             'train_cfg.max_iters': 4, 'work_dir': 'dict_of_words', 'a': ('x', "dict(b=None)")}

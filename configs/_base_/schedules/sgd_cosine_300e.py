@@ -23,5 +23,5 @@ custom_hooks = [
          priority=49),
 ]
 # SyncBN when distributed on GPUs (without CUDA, adapt_cfg_to_machine in
-# fcos_plugin/engine/runtime.py drops it)
+# fcos_plugin/utils/setup_env.py drops it)
 sync_bn = 'torch'

@@ -1,10 +1,15 @@
-"""Make one config run on whatever machine it lands on (GPUs or CPU only, one process or many)."""
+"""Make one config run on whatever machine it lands on (GPUs or CPU only, one process or many).
+
+Not an mmengine extension: ``tools/train.py`` and ``tools/test.py`` call :func:`adapt_cfg_to_machine` on
+the config before ``Runner.from_cfg`` (as mmdet's ``utils/setup_env.py`` prepares the environment)."""
 from __future__ import annotations
 
 import warnings
 
 import torch
 from mmengine.config import Config
+
+__all__ = ['adapt_cfg_to_machine']
 
 
 def adapt_cfg_to_machine(cfg: Config) -> Config:
