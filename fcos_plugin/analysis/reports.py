@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ __all__ = ['read_scalars', 'training_log', 'plot_training_curves', 'detection_sh
 ERROR_KINDS = ('correct', 'duplicate', 'wrong_class', 'poor_box', 'background')
 
 
-def read_scalars(path: str) -> Tuple[List[dict], List[dict]]:
+def read_scalars(path: str) -> tuple[list[dict], list[dict]]:
     """Training records (with ``loss``) and validation records (with ``coco/bbox_mAP``, and ``iter``:
     the training iteration they follow) of one mmengine ``vis_data/scalars.json``."""
     train, val = [], []
@@ -99,9 +99,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
-def detection_errors(gts: Sequence[Tuple[np.ndarray, np.ndarray]],
-                     dets: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
-                     score_thr: float, iou_thr: float = 0.5) -> Dict[str, float]:
+def detection_errors(gts: Sequence[tuple[np.ndarray, np.ndarray]],
+                     dets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     score_thr: float, iou_thr: float = 0.5) -> dict[str, float]:
     """What the detections scoring ``>= score_thr`` are.
 
     Per image, detections are taken from the highest score down; each is

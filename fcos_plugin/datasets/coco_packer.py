@@ -40,10 +40,10 @@ import time
 import uuid
 import zlib
 from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import lmdb
 import numpy as np

@@ -20,7 +20,6 @@ from __future__ import annotations
 import colorsys
 import json
 import os.path as osp
-from typing import List, Optional, Union
 
 import numpy as np
 from mmdet.datasets import BaseDetDataset
@@ -78,8 +77,8 @@ class LmdbCocoDataset(BaseDetDataset):
 
     METAINFO: dict = dict(classes=(), palette=[])
 
-    def __init__(self, *args, ann_file: str = '', data_root: Optional[str] = '',
-                 metainfo: Optional[dict] = None, with_mask: Optional[bool] = None, **kwargs) -> None:
+    def __init__(self, *args, ann_file: str = '', data_root: str | None = '',
+                 metainfo: dict | None = None, with_mask: bool | None = None, **kwargs) -> None:
         self.lmdb_path = osp.abspath(osp.join(data_root or '', ann_file)) if ann_file else ''
         self._with_mask_arg = with_mask
         metainfo = dict(metainfo or {})
@@ -194,10 +193,6 @@ class LmdbCocoDataset(BaseDetDataset):
     def _segmentations(self, image_id: int) -> list:
         return json.loads(read_record(self.lmdb_path, seg_key(image_id)))
 
-    def coco_ground_truth(self) -> dict:
-        """The packed split in COCO JSON form (all images and annotations, as the source JSON had them)."""
-        return self._packed.coco_dataset_dict()
-
-    def _get_unserialized_subset(self, indices: Union[List[int], int]):
+    def _get_unserialized_subset(self, indices: list[int] | int):
         sub = super()._get_unserialized_subset(indices)
         return np.asarray(sub, dtype=np.int64)

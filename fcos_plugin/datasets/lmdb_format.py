@@ -245,11 +245,14 @@ def _shared(path: str) -> tuple[lmdb.Environment, bool]:
 
 
 def shared_env(path: str) -> lmdb.Environment:
-    """A per-process cached read-only environment (py-lmdb allows one per path and process).
+    """This process's cached read-only environment of the pack ``path`` (liblmdb allows one per path and
+    process), opened on first use.
 
-    Keyed by PID so that a DataLoader worker forked after the dataset was built opens its own handle
-    (LMDB handles must not cross ``fork``) lazily on first use. A handle whose pack was replaced on disk
-    since it was opened is reopened.
+    A forked child -- a DataLoader worker forked after the dataset was built -- closes the handles it
+    inherited (``os.register_at_fork``; LMDB handles must not cross ``fork``) and opens its own here; the
+    cache is keyed by PID, so a child never picks up its parent's. A pack replaced on disk since its handle
+    was opened is reopened the next time :func:`load_packed` reads it (when a dataset is built), not on
+    every record read.
     """
     return _shared(path)[0]
 

@@ -10,8 +10,8 @@ import json
 import os.path as osp
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import lmdb
 

@@ -1,8 +1,6 @@
 """COCO evaluation whose ground truth comes from a packed LMDB instead of the annotation JSON."""
 from __future__ import annotations
 
-from typing import Optional
-
 from mmdet.datasets.api_wrappers import COCO
 from mmdet.evaluation import CocoMetric
 from mmdet.registry import METRICS
@@ -31,7 +29,7 @@ class LmdbCocoMetric(CocoMetric):
         Other arguments as ``CocoMetric`` (``ann_file`` still works and then wins).
     """
 
-    def __init__(self, *args, lmdb_path: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, *args, lmdb_path: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lmdb_path = lmdb_path
         if self._coco_api is None and lmdb_path is not None:

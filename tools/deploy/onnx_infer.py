@@ -23,8 +23,8 @@ import os
 import os.path as osp
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -43,9 +43,9 @@ class Preprocess:
     """The image preprocessing of mmdeploy's ``pipeline.json`` (mmdet test pipeline + data
     preprocessor), reproduced with OpenCV/numpy exactly as mmcv does it."""
 
-    resize: Optional[Tuple[int, int]] = None  # (w, h) scale
+    resize: tuple[int, int] | None = None  # (w, h) scale
     keep_ratio: bool = True
-    pad_size: Optional[Tuple[int, int]] = None  # (w, h), before normalisation
+    pad_size: tuple[int, int] | None = None  # (w, h), before normalisation
     pad_val: float = 0.0
     mean: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
     std: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
@@ -95,7 +95,7 @@ class Preprocess:
                 raise InferError(f'{path}: transform {t} is not supported by onnx_infer.py')
         return prep
 
-    def __call__(self, img: np.ndarray) -> Tuple[np.ndarray, Tuple[float, float]]:
+    def __call__(self, img: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         """Preprocess one BGR uint8 image (H, W, 3).
 
         Returns:
@@ -144,7 +144,7 @@ class OrtDetector:
         if osp.isfile(meta_path):
             with open(meta_path) as f:
                 meta = json.load(f)
-        self.classes: List[str] = list(meta.get('classes', []))
+        self.classes: list[str] = list(meta.get('classes', []))
         self.score_thr = float((meta.get('test_cfg') or {}).get('score_thr', 0.0))
         options = ort.SessionOptions()
         if threads:
@@ -161,12 +161,12 @@ class OrtDetector:
     def class_name(self, label: int) -> str:
         return self.classes[label] if 0 <= label < len(self.classes) else f'class_{label}'
 
-    def run(self, inputs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def run(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw graph outputs for a preprocessed batch (N, 3, H, W): dets (N, K, 5), labels (N, K)."""
         dets, labels = self.session.run(None, {self.input_name: inputs})
         return dets, labels
 
-    def __call__(self, img: np.ndarray, score_thr: Optional[float] = None) -> List[Dict]:
+    def __call__(self, img: np.ndarray, score_thr: float | None = None) -> list[dict]:
         """Detections of one BGR image (H, W, 3), boxes in its pixels, best first."""
         inputs, (sx, sy) = self.preprocess(img)
         dets, labels = self.run(inputs)
@@ -181,7 +181,7 @@ class OrtDetector:
         return out
 
 
-def draw(img: np.ndarray, detections: Sequence[Dict]) -> np.ndarray:
+def draw(img: np.ndarray, detections: Sequence[dict]) -> np.ndarray:
     """The image with boxes and ``class score`` captions."""
     canvas = img.copy()
     thick = max(1, round(max(img.shape[:2]) / 400))
@@ -215,7 +215,8 @@ def read_image(path: str) -> np.ndarray:
 
 
 def _write_atomic(path: str, write) -> None:
-    # fcos_plugin.utils.write_atomic's twin: this tool must run without torch, which fcos_plugin imports
+    # a simpler twin of fcos_plugin.utils.write_atomic (no fsync): this tool must run without torch, which
+    # importing anything of fcos_plugin imports
     fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), prefix='.tmp-',
                                suffix=osp.splitext(path)[1])
     os.close(fd)
@@ -227,7 +228,7 @@ def _write_atomic(path: str, write) -> None:
             os.remove(tmp)
 
 
-def _output_names(images: Sequence[str]) -> List[str]:
+def _output_names(images: Sequence[str]) -> list[str]:
     """``<stem>.jpg`` per image, made unique when two images share a stem."""
     names, seen = [], {}
     for path in images:
@@ -238,8 +239,8 @@ def _output_names(images: Sequence[str]) -> List[str]:
     return names
 
 
-def run(model: str, images: Sequence[str], out_dir: str, score_thr: Optional[float] = None,
-        threads: int = 0, force: bool = False, log=print) -> Dict:
+def run(model: str, images: Sequence[str], out_dir: str, score_thr: float | None = None,
+        threads: int = 0, force: bool = False, log=print) -> dict:
     """Detect, draw and write; returns what ``detections.json`` holds.
 
     Every image is read and every output name checked before anything is written, so a bad

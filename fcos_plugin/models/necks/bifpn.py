@@ -10,7 +10,9 @@ produce -- so inputs of any size (512x512, 640x480, 513x385, ...) give level ``i
 ``ceil(side / stride_i)``. Upsampling goes to the exact size of the target level instead of a fixed
 factor 2, which is what keeps non-divisible sizes working.
 """
-from typing import List, Sequence, Tuple
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,11 +139,11 @@ class BiFPNCell(BaseModule):
         self.bottom_up = nn.ModuleList(
             [BiFPNNode(3 if i < num_levels - 1 else 2, **node) for i in range(1, num_levels)])
 
-    def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """Map ``L`` maps ``(N, C, H_i, W_i)`` (finest first) to ``L`` maps of the same shapes."""
         x = list(inputs)
         top = self.num_levels - 1
-        td: List[Tensor] = [x[top]] * self.num_levels
+        td: list[Tensor] = [x[top]] * self.num_levels
         for i in range(top - 1, -1, -1):
             up = F.interpolate(td[i + 1], size=x[i].shape[-2:], mode='nearest')
             td[i] = self.top_down[i]([x[i], up])
@@ -181,7 +183,7 @@ class BiFPNNeck(BaseModule):
     """
 
     def __init__(self,
-                 in_channels: List[int],
+                 in_channels: list[int],
                  out_channels: int = 64,
                  num_outs: int = 5,
                  num_repeats: int = 3,
@@ -214,7 +216,7 @@ class BiFPNNeck(BaseModule):
                       act_cfg=act_cfg) for _ in range(num_repeats)
         ])
 
-    def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """Fuse backbone maps into ``num_outs`` maps of ``out_channels`` channels.
 
         Args:
