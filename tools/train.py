@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
 from fcos_plugin.compat import UnsafeCheckpointError
+from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
 from fcos_plugin.engine import NonFiniteLossError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
 from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
@@ -76,17 +77,21 @@ def main():
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
         runner.train()
-    except DiskFullError as e:  # a checkpoint write (atomic: nothing partial left, see fcos_plugin.compat)
-        raise SystemExit(f'error: {e}.{_last_checkpoint_advice(cfg.work_dir)}') from None
+    except DiskFullError as e:  # a checkpoint write (atomic: nothing partial left, see fcos_plugin.utils)
+        raise SystemExit(f'error: {e}.{_last_checkpoint_advice(cfg.work_dir, "make room")}') from None
+    except LmdbFormatError as e:  # a missing pack, or a damaged record met mid-training (checksums)
+        advice = _last_checkpoint_advice(cfg.work_dir, 'mend the data')
+        raise SystemExit(f'error: {pack_error_message(e)}{advice}') from None
 
 
-def _last_checkpoint_advice(work_dir: str) -> str:
+def _last_checkpoint_advice(work_dir: str, fix: str) -> str:
+    """What to do after training stopped: ``fix``, then rerun, or resume from the last checkpoint."""
     try:
         with open(osp.join(work_dir, 'last_checkpoint')) as f:
             last = f.read().strip()
     except OSError:
-        return ' Make room, then rerun.'
-    return (f' The last complete checkpoint, {last}, is intact and last_checkpoint points at it: make room, '
+        return f' {fix[0].upper() + fix[1:]}, then rerun.'
+    return (f' The last complete checkpoint, {last}, is intact and last_checkpoint points at it: {fix}, '
             'then continue with --resume.')
 
 

@@ -294,6 +294,28 @@ def test_tools_name_the_damaged_pack(demo_packed, r18_checkpoint, tmp_path, dama
     assert not osp.exists(osp.join(work, 'test_metrics.json'))
 
 
+def test_train_stops_at_a_damaged_record_with_one_error_line(demo_packed, tmp_path):
+    """Guards ``tools/train.py``'s handling: training (2 DataLoader workers) on a pack with 200 bytes of one
+    image inverted stops with exit status 1 and one ``error:`` line naming the pack, the key, the image id
+    and the worker, plus what to do, and no traceback (it used to end in the worker's traceback)."""
+    pack = _copy(osp.join(demo_packed, 'val_lmdb'), str(tmp_path / 'data' / 'val_lmdb'))
+    key, image_id = _row(pack, 9)
+    _flip(pack, key)
+    work = str(tmp_path / 'work')
+    cmd = run_tool('tools/train.py', R18_CFG, '--work-dir', work, '--cfg-options',
+                   f'train_dataloader.dataset.data_root={osp.dirname(pack)}',
+                   'train_dataloader.dataset.ann_file=val_lmdb', 'train_dataloader.dataset.indices=16',
+                   'train_dataloader.num_workers=2', 'train_dataloader.persistent_workers=False',
+                   f'val_dataloader.dataset.data_root={demo_packed}', 'train_cfg.max_epochs=1')
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    expect = [pack, repr(key.decode()), f'image id {image_id}', 'CRC32 mismatch', 'DataLoader worker',
+              'verify_pack.py', 'Mend the data, then rerun']
+    assert len(errors) == 1 and all(s in errors[0] for s in expect), proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------------------------
 # packs of format version 1 (before checksums)
 # ------------------------------------------------------------------------------------------------
