@@ -37,6 +37,10 @@ Applied once, when ``fcos_plugin`` is imported (2. when ``fcos_plugin.deploy`` i
    so it never points at a file that is not complete); a failed write removes the temporary file and a
    full disk raises ``DiskFullError`` ("no space left on DIR"), which the tools print without a
    traceback. The writer is :func:`fcos_plugin.utils.write_atomic`, the package's one atomic writer.
+8. mmengine 0.10.7's ``CheckpointHook._save_best_checkpoint`` removes the previous ``best_*.pth`` before it
+   saves the new one, so a save that fails (full disk, a kill, an I/O error) leaves no best checkpoint at
+   all. The removal now waits until the new best checkpoint is saved; if the save fails, the previous one
+   stays (and the run stops with the save's error).
 """
 from __future__ import annotations
 
@@ -354,8 +358,55 @@ def patch_atomic_save() -> None:
     _APPLIED.add('atomic_save')
 
 
+# ----------------------------------------------------------------------------------------------------
+# 8. the previous best checkpoint is removed only after the new one is saved
+# ----------------------------------------------------------------------------------------------------
+class _DeferredRemoval:
+    """A file backend whose ``remove``/``rmtree`` are recorded instead of done; all else is the backend's."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self.deferred: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def remove(self, path) -> None:
+        self.deferred.append(('remove', path))
+
+    def rmtree(self, path) -> None:
+        self.deferred.append(('rmtree', path))
+
+
+def patch_keep_best_until_saved() -> None:
+    if 'keep_best' in _APPLIED:
+        return
+    from mmengine.hooks import CheckpointHook
+    original = CheckpointHook._save_best_checkpoint
+
+    @functools.wraps(original)
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        backend = getattr(self, 'file_backend', None)
+        if backend is None:
+            return original(self, runner, metrics)
+        proxy = _DeferredRemoval(backend)
+        self.file_backend = proxy
+        try:
+            original(self, runner, metrics)  # raises if the new best could not be saved: nothing removed
+        finally:
+            self.file_backend = backend
+        current = {getattr(self, 'best_ckpt_path', None), *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        for operation, path in proxy.deferred:
+            if path not in current:  # (a best checkpoint saved again under its old name stays)
+                getattr(backend, operation)(path)
+
+    CheckpointHook._save_best_checkpoint = _save_best_checkpoint
+    _APPLIED.add('keep_best')
+
+
 PATCHES = {'checkpoint': patch_checkpoint_loading, 'dist': patch_dist_init, 'nms': patch_nms,
-           'warnings': silence_harmless_warnings, 'atomic_save': patch_atomic_save}
+           'warnings': silence_harmless_warnings, 'atomic_save': patch_atomic_save,
+           'keep_best': patch_keep_best_until_saved}
 #: Applied where they are needed, not on import: ``onnx`` by ``fcos_plugin.deploy``.
 ON_DEMAND = {'onnx': patch_onnx_export}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -597,3 +598,45 @@ def test_full_disk_while_training_keeps_the_last_checkpoint(demo_packed, small_d
     from mmengine.runner.checkpoint import _load_checkpoint
     ckpt = _load_checkpoint(first, map_location='cpu')
     assert ckpt['meta']['epoch'] == 1 and len(ckpt['state_dict']) > 100 and ckpt['optimizer']['state']
+
+
+def test_previous_best_checkpoint_survives_a_failed_save_of_the_next(demo_packed, tmp_path):
+    """Fix 8: every validation is a new best (``ValidationCounter``), and saving the second best fails
+    (``FailSecondBestSaveHook`` raises before anything is written, as a full disk or a kill would). The
+    first best checkpoint must still be there and load; stock mmengine removes it before saving the
+    second, leaving no best checkpoint at all."""
+    cfg = tmp_path / 'best.py'
+    cfg.write_text(textwrap.dedent(f"""
+        _base_ = [{CFG!r}]
+        custom_imports = dict(imports=['fcos_plugin', 'tests.test_engine.failing_save_hook'],
+                              allow_failed_imports=False)
+        custom_hooks = [dict(type='FailSecondBestSaveHook')]
+        val_evaluator = dict(_delete_=True, type='ValidationCounter')
+        default_hooks = dict(checkpoint=dict(interval=10, save_best='count', rule='greater'))
+        """))
+    code = f'''
+        import glob, os, subprocess, sys
+        import fcos_plugin
+        from mmengine.runner.checkpoint import _load_checkpoint
+        work = sys.argv[1]
+        env = dict(os.environ, PYTHONPATH={REPO!r})
+        proc = subprocess.run(sys.argv[2:], capture_output=True, text=True, env=env)
+        assert proc.returncode != 0 and 'simulated failure' in proc.stderr, proc.stderr[-3000:]
+        best = sorted(os.path.basename(p) for p in glob.glob(os.path.join(work, 'best_*.pth')))
+        print('best', best)
+        ckpt = _load_checkpoint(os.path.join(work, best[0]), map_location='cpu')
+        print('epoch', ckpt['meta']['epoch'], 'tensors', len(ckpt['state_dict']))
+    '''
+    work = str(tmp_path / 'work')
+    train = run_tool('tools/train.py', str(cfg), *_train_args(demo_packed, work, 'train_cfg.max_epochs=2',
+                                                              'train_cfg.val_interval=1'))
+    outputs = {}
+    for name, disable in (('with_fix', ''), ('without', 'keep_best')):
+        shutil.rmtree(work, ignore_errors=True)
+        outputs[name] = subprocess.run([sys.executable, '-c', textwrap.dedent(code), work, *train],
+                                       capture_output=True, text=True, cwd=REPO,
+                                       env=dict(os.environ, FCOS_PLUGIN_DISABLE_COMPAT=disable))
+    with_fix, without = outputs['with_fix'], outputs['without']
+    assert with_fix.returncode == 0, with_fix.stderr[-3000:]
+    assert "best ['best_count_epoch_1.pth']" in with_fix.stdout and 'epoch 1 tensors' in with_fix.stdout
+    assert without.returncode != 0 and 'best []' in without.stdout, without.stdout + without.stderr[-2000:]
