@@ -28,6 +28,8 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '## ONNX export and int8'
+#: Ends the generated part of the section: what follows it (commentary) is kept by --write.
+END_MARK = '<!-- end of bench_onnx.py output; commentary below is kept by --write -->'
 LATENCY_HW = (512, 512)
 TARGET_SPEEDUP = 2.0
 
@@ -48,14 +50,23 @@ def parse_args():
 
 
 def write_section(text: str) -> str:
+    """Put ``text`` (the generated part, heading first) into RESULTS.md: replaces the previous generated part
+    of the section (up to :data:`END_MARK`) and keeps the commentary after it; a section without the mark
+    is replaced whole."""
     path = osp.join(REPO, 'benchmarks', 'RESULTS.md')
     old = open(path).read() if osp.isfile(path) else '# Benchmark results\n'
+    text = text.rstrip('\n') + '\n\n' + END_MARK + '\n'
     start = old.find(SECTION + '\n')
     if start < 0:
         new = old.rstrip('\n') + '\n\n' + text
     else:
-        end = old.find('\n## ', start + len(SECTION))
-        new = old[:start] + text.rstrip('\n') + '\n\n' + (old[end + 1:] if end >= 0 else '')
+        next_section = old.find('\n## ', start + len(SECTION))
+        mark = old.find(END_MARK, start)
+        if mark >= 0 and (next_section < 0 or mark < next_section):
+            rest = old[mark + len(END_MARK):].lstrip('\n')
+        else:
+            rest = old[next_section + 1:] if next_section >= 0 else ''
+        new = old[:start] + text + ('\n' + rest if rest else '')
         new = new.rstrip('\n') + '\n'
     from fcos_plugin.utils import write_atomic
 

@@ -67,7 +67,6 @@ def _pipeline_shapes(model_cfg: Config, deploy_cfg: Config) -> dict:
     return dict(pipeline_img_shape=list(img_shape), pipeline_input_shape=list(input_shape))
 
 
-
 def export_onnx(config: str | Config,
                 checkpoint: str,
                 work_dir: str,
