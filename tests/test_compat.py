@@ -139,22 +139,26 @@ def test_mmdeploy_export_needs_torchscript_exporter(tmp_path):
     assert without.returncode != 0 and 'onnxscript' in without.stderr, without.stderr[-2000:]
 
 
+def _config_with_test_module(tmp_path, module: str, body: str) -> str:
+    """The test config with the test-only module ``tests.test_engine.<module>`` imported (hooks, metrics)
+    and the config lines ``body`` added."""
+    path = tmp_path / f'{module}_config.py'
+    path.write_text(f"_base_ = [{CFG!r}]\ncustom_imports = dict(imports=['fcos_plugin', "
+                    f"'tests.test_engine.{module}'], allow_failed_imports=False)\n" + textwrap.dedent(body))
+    return str(path)
+
+
 def _first_step_config(tmp_path) -> str:
     """The test config with plain SGD at a constant LR (its first step is linear in the gradient, so
     the DDP step can be predicted from single-process steps), images in order, and a hook that saves
     each rank's parameters after the first step."""
-    path = tmp_path / 'first_step.py'
-    path.write_text(textwrap.dedent(f"""
-        _base_ = [{CFG!r}]
-        custom_imports = dict(imports=['fcos_plugin', 'tests.test_engine.param_dump_hook'],
-                              allow_failed_imports=False)
+    return _config_with_test_module(tmp_path, 'param_dump_hook', """
         custom_hooks = [dict(type='DumpParamsAfterFirstStepHook')]
         optim_wrapper = dict(_delete_=True, type='OptimWrapper',
                              optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4))
         param_scheduler = []
         train_dataloader = dict(sampler=dict(shuffle=False))
-        """))
-    return str(path)
+        """)
 
 
 def test_two_process_cpu_ddp_training_averages_gradients(demo_packed, tmp_path):
@@ -570,14 +574,10 @@ def test_full_disk_while_training_keeps_the_last_checkpoint(demo_packed, small_d
     import json
     disk = small_disk(200)
     record = tmp_path / 'saved.jsonl'  # written by the hook after each checkpoint, outside the disk
-    cfg = tmp_path / 'record_digest.py'
-    cfg.write_text(textwrap.dedent(f"""
-        _base_ = [{CFG!r}]
-        custom_imports = dict(imports=['fcos_plugin', 'tests.test_engine.checkpoint_digest_hook'],
-                              allow_failed_imports=False)
+    cfg = _config_with_test_module(tmp_path, 'checkpoint_digest_hook', f"""
         custom_hooks = [dict(type='RecordCheckpointDigestHook', out={str(record)!r})]
-        """))
-    proc = subprocess.run(run_tool('tools/train.py', str(cfg), *_train_args(
+        """)
+    proc = subprocess.run(run_tool('tools/train.py', cfg, *_train_args(
         demo_packed, disk, 'train_cfg.max_epochs=2', 'train_cfg.val_begin=3')), capture_output=True,
         text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
     first = osp.join(disk, 'epoch_1.pth')
@@ -605,15 +605,11 @@ def test_previous_best_checkpoint_survives_a_failed_save_of_the_next(demo_packed
     (``FailSecondBestSaveHook`` raises before anything is written, as a full disk or a kill would). The
     first best checkpoint must still be there and load; stock mmengine removes it before saving the
     second, leaving no best checkpoint at all."""
-    cfg = tmp_path / 'best.py'
-    cfg.write_text(textwrap.dedent(f"""
-        _base_ = [{CFG!r}]
-        custom_imports = dict(imports=['fcos_plugin', 'tests.test_engine.failing_save_hook'],
-                              allow_failed_imports=False)
+    cfg = _config_with_test_module(tmp_path, 'failing_save_hook', """
         custom_hooks = [dict(type='FailSecondBestSaveHook')]
         val_evaluator = dict(_delete_=True, type='ValidationCounter')
         default_hooks = dict(checkpoint=dict(interval=10, save_best='count', rule='greater'))
-        """))
+        """)
     code = f'''
         import glob, os, subprocess, sys
         import fcos_plugin
@@ -628,7 +624,7 @@ def test_previous_best_checkpoint_survives_a_failed_save_of_the_next(demo_packed
         print('epoch', ckpt['meta']['epoch'], 'tensors', len(ckpt['state_dict']))
     '''
     work = str(tmp_path / 'work')
-    train = run_tool('tools/train.py', str(cfg), *_train_args(demo_packed, work, 'train_cfg.max_epochs=2',
+    train = run_tool('tools/train.py', cfg, *_train_args(demo_packed, work, 'train_cfg.max_epochs=2',
                                                               'train_cfg.val_interval=1'))
     outputs = {}
     for name, disable in (('with_fix', ''), ('without', 'keep_best')):
