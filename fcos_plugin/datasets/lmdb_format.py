@@ -217,12 +217,18 @@ def open_readonly(path: str) -> lmdb.Environment:
         raise LmdbFormatError(f'cannot open the pack {path}: {e}') from None
 
 
-_ENVS: dict[tuple[int, str], tuple[lmdb.Environment, int, bool]] = {}
+#: (pid, pack) -> (environment, inode and size of data.mdb when it was opened, records checksummed?)
+_ENVS: dict[tuple[int, str], tuple[lmdb.Environment, int, int, bool]] = {}
 _ENVS_LOCK = threading.Lock()
 
 
 def _shared(path: str) -> tuple[lmdb.Environment, bool]:
-    """(this process's cached read-only environment of ``path``, whether its records carry checksums)."""
+    """(this process's cached read-only environment of ``path``, whether its records carry checksums).
+
+    Raises :class:`DamagedPackError` when the ``data.mdb`` it maps has shrunk since it was opened (cut in
+    place while in use): liblmdb would read the pages past the new end and the process would die of
+    SIGBUS. One ``stat`` per call; a pack replaced by another file (a new inode) is not this case: the
+    mapped file lives on until :func:`load_packed` reopens the new one."""
     path = osp.abspath(path)
     key = (os.getpid(), path)
     with _ENVS_LOCK:
@@ -239,9 +245,19 @@ def _shared(path: str) -> tuple[lmdb.Environment, bool]:
                 raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem,
                                        path=path) from None
             checked = isinstance(manifest, dict) and manifest.get('checksum') == CHECKSUM
-            entry = (env, os.stat(osp.join(path, 'data.mdb')).st_ino, checked)
+            st = os.stat(osp.join(path, 'data.mdb'))
+            entry = (env, st.st_ino, st.st_size, checked)
             _ENVS[key] = entry
-    return entry[0], entry[2]
+    env, ino, size, checked = entry
+    try:
+        st = os.stat(osp.join(path, 'data.mdb'))
+    except OSError:
+        st = None  # removed: the mapped file lives on (as when replaced)
+    if st is not None and st.st_ino == ino and st.st_size < size:
+        data = osp.join(path, 'data.mdb')
+        problem = f'{data} is truncated: {st.st_size} bytes now, {size} when it was opened (cut while in use)'
+        raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem, path=path)
+    return env, checked
 
 
 def shared_env(path: str) -> lmdb.Environment:

@@ -262,6 +262,32 @@ def test_truncated_data_mdb_is_named_at_dataset_build_never_sigbus(tiny_coco_pac
     assert f'DamagedPackError: damaged pack {pack}: {data} is truncated' in proc.stderr, proc.stderr[-2000:]
 
 
+def test_data_mdb_truncated_while_in_use_is_named_never_sigbus(tiny_coco_packed, tmp_path):
+    """Guards the size check on every read (``_shared``): a dataset reads its first image, then ``data.mdb``
+    is cut to a tenth in place; reading the last image (whose pages were past the new end) stops with
+    ``DamagedPackError`` naming the file and both sizes. Without the check the process dies of SIGBUS."""
+    pack = _copy(osp.join(tiny_coco_packed, 'val_lmdb'), str(tmp_path / 'val_lmdb'))
+    data = osp.join(pack, 'data.mdb')
+    code = f'''if True:
+        import os
+        import fcos_plugin
+        from mmengine.registry import init_default_scope
+        from fcos_plugin.datasets import LmdbCocoDataset
+        init_default_scope('mmdet')
+        ds = LmdbCocoDataset(data_root={str(tmp_path)!r}, ann_file='val_lmdb', test_mode=True,
+                             pipeline=[dict(type='LoadImageFromFile')])
+        assert ds[0]['img'].size
+        os.truncate({data!r}, os.path.getsize({data!r}) // 10)
+        print('truncated', flush=True)
+        ds[len(ds) - 1]
+    '''
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+    assert 'truncated' in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode not in SIGBUS_CODES and proc.returncode != 0, proc.returncode
+    assert f'DamagedPackError: damaged pack {pack}: {data} is truncated: ' in proc.stderr, proc.stderr[-2000:]
+    assert 'when it was opened (cut while in use)' in proc.stderr
+
+
 @pytest.mark.parametrize('damage', ['truncated', 'flipped'])
 def test_tools_name_the_damaged_pack(demo_packed, r18_checkpoint, tmp_path, damage):
     """Guards the tools' handling: ``tools/test.py`` (2 DataLoader workers, as configured) and
