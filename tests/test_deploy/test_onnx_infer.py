@@ -9,6 +9,7 @@ import json
 import os
 import os.path as osp
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -128,6 +129,10 @@ def test_bad_inputs_get_clear_messages_and_write_nothing(demo_onnx, tiny_coco, t
     assert os.stat(out / 'detections.json').st_mtime_ns == stamp
     assert infer(demo_onnx, photo, '--out-dir', str(out), '--force').returncode == 0
     assert not [p for p in os.listdir(out) if p.startswith('.tmp-')]
+    plain = tmp_path / 'plain.txt'
+    plain.write_text('')  # outputs get the mode open() gives a new file here (not mkstemp's 0o600)
+    modes = {stat.S_IMODE(os.stat(out / n).st_mode) for n in os.listdir(out)}
+    assert modes == {stat.S_IMODE(os.stat(plain).st_mode)}, [oct(m) for m in modes]
 
     # a model without its pipeline.json (copied away from the work dir)
     lone = tmp_path / 'lone'

@@ -21,8 +21,8 @@ import colorsys
 import json
 import os
 import os.path as osp
+import secrets
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -216,10 +216,10 @@ def read_image(path: str) -> np.ndarray:
 
 def _write_atomic(path: str, write) -> None:
     # a simpler twin of fcos_plugin.utils.write_atomic (no fsync): this tool must run without torch, which
-    # importing anything of fcos_plugin imports
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), prefix='.tmp-',
-                               suffix=osp.splitext(path)[1])
-    os.close(fd)
+    # importing anything of fcos_plugin imports. Created with 0o666 & ~umask, as open() would (not
+    # tempfile.mkstemp's 0o600), with the target's suffix (cv2.imwrite chooses the format by it).
+    tmp = osp.join(osp.dirname(path), f'.tmp-{os.getpid()}-{secrets.token_hex(4)}{osp.splitext(path)[1]}')
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
