@@ -82,17 +82,25 @@ def main():
     except LmdbFormatError as e:  # a missing pack, or a damaged record met mid-training (checksums)
         advice = _last_checkpoint_advice(cfg.work_dir, 'mend the data')
         raise SystemExit(f'error: {pack_error_message(e)}{advice}') from None
+    except KeyboardInterrupt:  # Ctrl-C: say where training stopped and how to go on, not a traceback
+        print(f'interrupted after {runner.iter} iterations.{_last_checkpoint_advice(cfg.work_dir)}',
+              file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports it
 
 
-def _last_checkpoint_advice(work_dir: str, fix: str) -> str:
-    """What to do after training stopped: ``fix``, then rerun, or resume from the last checkpoint."""
+def _last_checkpoint_advice(work_dir: str, fix: str = '') -> str:
+    """What to do after training stopped: ``fix`` (if any), then rerun, or resume from the last checkpoint
+    (checkpoint writes are atomic: the one ``last_checkpoint`` names is complete)."""
+    then = f'{fix}, then ' if fix else ''
     try:
         with open(osp.join(work_dir, 'last_checkpoint')) as f:
             last = f.read().strip()
     except OSError:
-        return f' {fix[0].upper() + fix[1:]}, then rerun.'
-    return (f' The last complete checkpoint, {last}, is intact and last_checkpoint points at it: {fix}, '
-            'then continue with --resume.')
+        if not fix:
+            return ' No checkpoint was saved yet: rerun to start again.'
+        return f' {then[:1].upper() + then[1:]}rerun.'
+    return (f' The last complete checkpoint, {last}, is intact and last_checkpoint points at it: {then}'
+            'continue with --resume.')
 
 
 if __name__ == '__main__':

@@ -75,3 +75,31 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(demo_packed, tmp_pat
     for k, s in ref['optimizer'].items():
         for name, v in s.items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(got['optimizer'][k][name])), (k, name)
+
+
+def test_ctrl_c_says_where_training_stopped_and_how_to_go_on(demo_packed, tmp_path):
+    """SIGINT to the trainer and its DataLoader workers (what Ctrl-C in a terminal sends), mid-epoch after a
+    checkpoint: exit status 130, no traceback, one line naming the iteration and the complete checkpoint
+    to ``--resume`` from, which loads (it used to end in a KeyboardInterrupt traceback, status -2)."""
+    work = str(tmp_path / 'work')
+    out, err = open(tmp_path / 'out.log', 'w'), open(tmp_path / 'err.log', 'w')
+    run = subprocess.Popen(_cmd(demo_packed, work), stdout=out, stderr=err, cwd=REPO, start_new_session=True)
+    pattern = re.compile(rf'Iter\(train\)\s+\[\s*{KILL_AFTER}/{ITERS}\]')
+    deadline = time.time() + 600
+    while time.time() < deadline and run.poll() is None:
+        if pattern.search((tmp_path / 'out.log').read_text()):
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, 'the run ended before it could be interrupted'
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.wait(timeout=120) == 130, (tmp_path / 'err.log').read_text()[-3000:]
+    out.close()
+    err.close()
+    stderr = (tmp_path / 'err.log').read_text()
+    assert 'Traceback' not in stderr, stderr[-3000:]
+    last = osp.join(work, f'iter_{SAVE_EVERY}.pth')
+    expected = (rf'interrupted after ({KILL_AFTER}|{KILL_AFTER + 1}) iterations\. The last complete '
+                rf'checkpoint, {re.escape(last)}, is intact and last_checkpoint points at it: '
+                r'continue with --resume\.')
+    assert re.fullmatch(expected, stderr.strip().splitlines()[-1]), stderr[-1000:]
+    assert _state(last)['meta_iter'] == SAVE_EVERY
