@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 
 import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
 from fcos_plugin.compat import UnsafeCheckpointError
-from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
+from fcos_plugin.datasets.lmdb_format import DamagedPackError, LmdbFormatError, pack_error_message
 from fcos_plugin.engine import NonFiniteLossError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
 from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
@@ -80,7 +80,8 @@ def main():
     except DiskFullError as e:  # a checkpoint write (atomic: nothing partial left, see fcos_plugin.utils)
         raise SystemExit(f'error: {e}.{_last_checkpoint_advice(cfg.work_dir, "make room")}') from None
     except LmdbFormatError as e:  # a missing pack, or a damaged record met mid-training (checksums)
-        advice = _last_checkpoint_advice(cfg.work_dir, 'mend the data')
+        damaged = isinstance(e, DamagedPackError)  # (a missing pack's message says how to pack it)
+        advice = _last_checkpoint_advice(cfg.work_dir, 'mend the data') if damaged else ''
         raise SystemExit(f'error: {pack_error_message(e)}{advice}') from None
     except KeyboardInterrupt:  # Ctrl-C: say where training stopped and how to go on, not a traceback
         print(f'interrupted after {runner.iter} iterations.{_last_checkpoint_advice(cfg.work_dir)}',

@@ -200,11 +200,19 @@ def open_readonly(path: str) -> lmdb.Environment:
     own refusals are errors naming the file."""
     data = osp.join(path, 'data.mdb')
     if not osp.isdir(path) or not osp.isfile(data):
-        hint = ''
         if path.endswith('.json'):
             hint = (' It looks like a COCO annotation file: pack it first with '
                     'tools/datasets/mscoco_packer.py, or use mmdet\'s CocoDataset.')
-        raise LmdbFormatError(f'{path!r} is not a packed LMDB (no data.mdb in it).{hint}')
+        else:
+            name = osp.basename(osp.normpath(path))
+            split = name[:-len('_lmdb')] if name.endswith('_lmdb') else 'SPLIT'
+            target = osp.dirname(osp.abspath(path))
+            hint = (f' Pack the split first (tools/datasets/mscoco_packer.py --src-data-dir COCO_DIR '
+                    f'--target-data-dir {target} --split-name {split} --pack-type lmdb; '
+                    'tools/datasets/make_demo_dataset.py for the demo data), or point data_root/ann_file at '
+                    'an existing pack.')
+        what = 'does not exist' if not osp.exists(path) else 'is not a packed LMDB (no data.mdb in it)'
+        raise LmdbFormatError(f'{path!r} {what}.{hint}')
     _check_data_file(path)
     try:
         return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,

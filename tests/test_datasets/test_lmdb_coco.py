@@ -175,6 +175,10 @@ def test_metric_recomputes_the_evaluated_images_each_time(tiny_coco_packed):
 def test_not_a_pack_is_a_clear_error(tiny_coco, tmp_path):
     with pytest.raises(LmdbFormatError, match='not a packed LMDB.*pack it first'):
         LmdbCocoDataset(data_root=tiny_coco, ann_file='annotations/instances_val2017.json')
+    missing = (f"'{tmp_path}/val_lmdb' does not exist. Pack the split first "
+               rf'\(tools/datasets/mscoco_packer.py .* --target-data-dir {tmp_path} --split-name val ')
+    with pytest.raises(LmdbFormatError, match=missing):
+        LmdbCocoDataset(data_root=str(tmp_path), ann_file='val_lmdb')
     env = lmdb.open(str(tmp_path / 'foreign'))
     with env.begin(write=True) as txn:
         txn.put(b'hello', b'world')

@@ -342,6 +342,19 @@ def test_train_stops_at_a_damaged_record_with_one_error_line(demo_packed, tmp_pa
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
 
 
+def test_train_without_a_pack_says_how_to_make_one(tmp_path):
+    """``tools/train.py`` with a data root holding no pack: one ``error:`` line saying the pack does not exist
+    and the packer command for that split and directory, no traceback, no advice meant for damaged data."""
+    root = tmp_path / 'nowhere'
+    proc = subprocess.run(run_tool('tools/train.py', R18_CFG, '--work-dir', str(tmp_path / 'work'),
+                                   '--cfg-options', f'train_dataloader.dataset.data_root={root}'),
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: '{root}/train_lmdb' does not exist. Pack the split first"), line
+    assert f'--target-data-dir {root} --split-name train --pack-type lmdb' in line and 'Mend' not in line
+
+
 # ------------------------------------------------------------------------------------------------
 # packs of format version 1 (before checksums)
 # ------------------------------------------------------------------------------------------------
