@@ -361,21 +361,28 @@ def patch_atomic_save() -> None:
 # ----------------------------------------------------------------------------------------------------
 # 8. the previous best checkpoint is removed only after the new one is saved
 # ----------------------------------------------------------------------------------------------------
-class _DeferredRemoval:
-    """A file backend whose ``remove``/``rmtree`` are recorded instead of done; all else is the backend's."""
+class _KeepPreviousBest:
+    """A file backend that reports the previous best checkpoint(s) as absent, so that mmengine neither
+    removes them nor says it did; everything else is the backend's."""
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend, keep: set) -> None:
         self._backend = backend
-        self.deferred: list[tuple[str, str]] = []
+        self._keep = keep
 
     def __getattr__(self, name: str):
         return getattr(self._backend, name)
 
-    def remove(self, path) -> None:
-        self.deferred.append(('remove', path))
+    def isfile(self, path) -> bool:
+        return path not in self._keep and self._backend.isfile(path)
 
-    def rmtree(self, path) -> None:
-        self.deferred.append(('rmtree', path))
+    def isdir(self, path) -> bool:
+        return path not in self._keep and self._backend.isdir(path)
+
+
+def _best_paths(hook) -> set:
+    """The paths of the hook's current best checkpoints (one per key indicator)."""
+    paths = (getattr(hook, 'best_ckpt_path', None), *getattr(hook, 'best_ckpt_path_dict', {}).values())
+    return {p for p in paths if p}
 
 
 def patch_keep_best_until_saved() -> None:
@@ -387,18 +394,22 @@ def patch_keep_best_until_saved() -> None:
     @functools.wraps(original)
     def _save_best_checkpoint(self, runner, metrics) -> None:
         backend = getattr(self, 'file_backend', None)
-        if backend is None:
+        previous = _best_paths(self)
+        if backend is None or not previous:
             return original(self, runner, metrics)
-        proxy = _DeferredRemoval(backend)
-        self.file_backend = proxy
+        self.file_backend = _KeepPreviousBest(backend, previous)
         try:
             original(self, runner, metrics)  # raises if the new best could not be saved: nothing removed
         finally:
             self.file_backend = backend
-        current = {getattr(self, 'best_ckpt_path', None), *getattr(self, 'best_ckpt_path_dict', {}).values()}
-        for operation, path in proxy.deferred:
-            if path not in current:  # (a best checkpoint saved again under its old name stays)
-                getattr(backend, operation)(path)
+        for path in previous - _best_paths(self):  # replaced by a new best that is now saved
+            if backend.isfile(path):
+                backend.remove(path)
+            elif backend.isdir(path):
+                backend.rmtree(path)
+            else:
+                continue
+            runner.logger.info(f'The previous best checkpoint {path} is removed (the new one is saved)')
 
     CheckpointHook._save_best_checkpoint = _save_best_checkpoint
     _APPLIED.add('keep_best')

@@ -603,8 +603,10 @@ def test_full_disk_while_training_keeps_the_last_checkpoint(demo_packed, small_d
 def test_previous_best_checkpoint_survives_a_failed_save_of_the_next(demo_packed, tmp_path):
     """Fix 8: every validation is a new best (``ValidationCounter``), and saving the second best fails
     (``FailSecondBestSaveHook`` raises before anything is written, as a full disk or a kill would). The
-    first best checkpoint must still be there and load; stock mmengine removes it before saving the
-    second, leaving no best checkpoint at all."""
+    first best checkpoint must still be there and load, and the log must not claim it was removed; stock
+    mmengine removes it before saving the second, leaving no best checkpoint at all. Without a failure,
+    three validations leave exactly the last best checkpoint (each previous one removed once the next is
+    saved)."""
     cfg = _config_with_test_module(tmp_path, 'failing_save_hook', """
         custom_hooks = [dict(type='FailSecondBestSaveHook')]
         val_evaluator = dict(_delete_=True, type='ValidationCounter')
@@ -617,22 +619,34 @@ def test_previous_best_checkpoint_survives_a_failed_save_of_the_next(demo_packed
         work = sys.argv[1]
         env = dict(os.environ, PYTHONPATH={REPO!r})
         proc = subprocess.run(sys.argv[2:], capture_output=True, text=True, env=env)
-        assert proc.returncode != 0 and 'simulated failure' in proc.stderr, proc.stderr[-3000:]
+        print('returncode', proc.returncode, 'simulated failure' in proc.stderr)
+        print('removals', proc.stdout.count('The previous best checkpoint'),
+              proc.stdout.count('is removed (the new one is saved)'))
         best = sorted(os.path.basename(p) for p in glob.glob(os.path.join(work, 'best_*.pth')))
         print('best', best)
-        ckpt = _load_checkpoint(os.path.join(work, best[0]), map_location='cpu')
+        ckpt = _load_checkpoint(os.path.join(work, best[-1]), map_location='cpu')
         print('epoch', ckpt['meta']['epoch'], 'tensors', len(ckpt['state_dict']))
     '''
     work = str(tmp_path / 'work')
-    train = run_tool('tools/train.py', cfg, *_train_args(demo_packed, work, 'train_cfg.max_epochs=2',
-                                                              'train_cfg.val_interval=1'))
-    outputs = {}
-    for name, disable in (('with_fix', ''), ('without', 'keep_best')):
+
+    def run(disable: str, epochs: int, fail_at: int) -> subprocess.CompletedProcess:
         shutil.rmtree(work, ignore_errors=True)
-        outputs[name] = subprocess.run([sys.executable, '-c', textwrap.dedent(code), work, *train],
-                                       capture_output=True, text=True, cwd=REPO,
-                                       env=dict(os.environ, FCOS_PLUGIN_DISABLE_COMPAT=disable))
-    with_fix, without = outputs['with_fix'], outputs['without']
+        train = run_tool('tools/train.py', cfg, *_train_args(
+            demo_packed, work, f'train_cfg.max_epochs={epochs}', 'train_cfg.val_interval=1',
+            f'custom_hooks.0.fail_at={fail_at}'))
+        return subprocess.run([sys.executable, '-c', textwrap.dedent(code), work, *train],
+                              capture_output=True, text=True, cwd=REPO,
+                              env=dict(os.environ, FCOS_PLUGIN_DISABLE_COMPAT=disable))
+
+    with_fix = run('', 2, fail_at=2)
     assert with_fix.returncode == 0, with_fix.stderr[-3000:]
+    assert 'returncode 1 True' in with_fix.stdout, with_fix.stdout
     assert "best ['best_count_epoch_1.pth']" in with_fix.stdout and 'epoch 1 tensors' in with_fix.stdout
-    assert without.returncode != 0 and 'best []' in without.stdout, without.stdout + without.stderr[-2000:]
+    assert 'removals 0 0' in with_fix.stdout  # (mmengine logged a removal before the failed save)
+    without = run('keep_best', 2, fail_at=2)
+    assert 'returncode 1 True' in without.stdout and 'best []' in without.stdout, without.stdout
+    no_failure = run('', 3, fail_at=0)
+    assert no_failure.returncode == 0, no_failure.stderr[-3000:]
+    assert 'returncode 0 False' in no_failure.stdout, no_failure.stdout
+    assert 'removals 2 2' in no_failure.stdout, no_failure.stdout
+    assert "best ['best_count_epoch_3.pth']" in no_failure.stdout and 'epoch 3 tensors' in no_failure.stdout

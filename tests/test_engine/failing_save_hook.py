@@ -3,7 +3,7 @@
 * ``ValidationCounter`` -- a metric whose ``count`` is 1, 2, 3... at successive validations, so that with
   ``save_best='count'`` every validation gives a new best checkpoint;
 * ``FailSecondBestSaveHook`` -- raises while the second best checkpoint is being saved (before anything is
-  written), as a full disk, a kill or an I/O error would.
+  written), as a full disk, a kill or an I/O error would (``fail_at=0``: never).
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ class SimulatedSaveFailure(RuntimeError):
 
 @HOOKS.register_module()
 class FailSecondBestSaveHook(Hook):
-    def __init__(self) -> None:
+    def __init__(self, fail_at: int = 2) -> None:
+        self.fail_at = fail_at  # 0: never
         self.best_saves = 0
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'optimizer' in checkpoint:  # (best checkpoints are saved without the optimizer)
             return
         self.best_saves += 1
-        if self.best_saves == 2:
-            raise SimulatedSaveFailure('simulated failure while saving the second best checkpoint')
+        if self.best_saves == self.fail_at:
+            raise SimulatedSaveFailure(f'simulated failure while saving best checkpoint {self.fail_at}')
