@@ -49,6 +49,7 @@ import lmdb
 import numpy as np
 from PIL import Image
 
+from ..utils import write_json_atomic
 from .lmdb_format import (
     CATEGORIES_KEY,
     CHECKSUM,
@@ -798,10 +799,7 @@ def _write_report(result: PackResult, manifest: dict) -> None:
     counts = Counter(p.kind for p in result.problems)
     report = dict(target=result.target, manifest=manifest, problem_counts=dict(counts),
                   problems=[p.to_dict() | dict(line=p.line()) for p in result.problems])
-    tmp = result.report_path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, result.report_path)
+    write_json_atomic(report, result.report_path)
 
 
 def summarize(result: PackResult) -> Iterable[str]:
