@@ -92,6 +92,11 @@ class DamagedPackError(LmdbFormatError):
         self.path, self.key, self.image_id = path, key, image_id
 
 
+def _pack_error(path: str, problem: str, key: str | None = None) -> DamagedPackError:
+    """The error for a damaged pack as a whole (a damaged record: :func:`_record_error`)."""
+    return DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem, path=path,
+                            key=key)
+
 def image_key(file_name: str) -> bytes:
     return (IMAGE_KEY_PREFIX + file_name).encode()
 
@@ -189,8 +194,7 @@ def data_file_problem(data_path: str) -> str | None:
 def _check_data_file(path: str) -> None:
     problem = data_file_problem(osp.join(path, 'data.mdb'))
     if problem is not None:
-        raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem,
-                               path=path)
+        raise _pack_error(path, problem)
 
 
 def open_readonly(path: str) -> lmdb.Environment:
@@ -219,8 +223,7 @@ def open_readonly(path: str) -> lmdb.Environment:
                          max_readers=512, subdir=True)
     except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PageNotFoundError) as e:
         problem = f'{data} is not a readable LMDB file ({e})'
-        raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem,
-                               path=path) from None
+        raise _pack_error(path, problem) from None
     except lmdb.Error as e:
         raise LmdbFormatError(f'cannot open the pack {path}: {e}') from None
 
@@ -250,8 +253,7 @@ def _shared(path: str) -> tuple[lmdb.Environment, bool]:
             except (lmdb.Error, ValueError) as e:
                 env.close()
                 problem = f'its manifest cannot be read ({type(e).__name__}: {e})'
-                raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem,
-                                       path=path) from None
+                raise _pack_error(path, problem) from None
             checked = isinstance(manifest, dict) and manifest.get('checksum') == CHECKSUM
             st = os.stat(osp.join(path, 'data.mdb'))
             entry = (env, st.st_ino, st.st_size, checked)
@@ -264,7 +266,7 @@ def _shared(path: str) -> tuple[lmdb.Environment, bool]:
     if st is not None and st.st_ino == ino and st.st_size < size:
         data = osp.join(path, 'data.mdb')
         problem = f'{data} is truncated: {st.st_size} bytes now, {size} when it was opened (cut while in use)'
-        raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem, path=path)
+        raise _pack_error(path, problem)
     return env, checked
 
 
@@ -448,8 +450,7 @@ def load_packed(path: str, note_unchecked: bool = True) -> PackedCoco:
             raw_categories, raw_index = txn.get(CATEGORIES_KEY), txn.get(INDEX_KEY)
     except lmdb.Error as e:
         problem = f'liblmdb cannot read its manifest, categories or index ({e})'
-        raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem,
-                               path=path) from None
+        raise _pack_error(path, problem) from None
     finally:
         if not cached:
             env.close()
@@ -462,8 +463,7 @@ def load_packed(path: str, note_unchecked: bool = True) -> PackedCoco:
             problem = (f'its {what} record ({key.decode()}) has CRC32 {zlib.crc32(raw):08x}, the pack '
                        f'recorded {want:08x} when it was written')
         if problem is not None:
-            raise DamagedPackError(f'damaged pack {path}: {problem}. {_advice(path)}', problem=problem,
-                                   path=path, key=key.decode())
+            raise _pack_error(path, problem, key=key.decode())
     categories = json.loads(raw_categories)
     with np.load(io.BytesIO(raw_index), allow_pickle=False) as npz:
         columns = {k: npz[k] for k in npz.files}
