@@ -42,7 +42,16 @@ setup(
     'BiFPN, tuned FCOS head, MMDeploy ONNX export',
     packages=find_packages(include=['fcos_plugin', 'fcos_plugin.*']),
     package_data={'fcos_plugin': mim_files()},
-    python_requires='>=3.10',
+    license='Apache License 2.0',
+    classifiers=[
+        'License :: OSI Approved :: Apache Software License',
+        'Operating System :: POSIX :: Linux',
+        'Programming Language :: Python :: 3',
+        'Programming Language :: Python :: 3.11',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+    # 3.11 is what the stack was measured on (tools/install.sh uses python3.11 unless PYTHON says otherwise)
+    python_requires='>=3.11',
     # The stack is pinned in requirements/pinned.txt and installed by tools/install.sh:
     # mmcv must be compiled against the exact torch in the environment.
     install_requires=[],

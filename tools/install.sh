@@ -3,6 +3,8 @@
 # with the OpenMMLab stack that works on torch 2.14 (see README "Installation").
 #
 #   bash tools/install.sh            # idempotent; a second run takes seconds
+#   PYTHON=/path/to/python3.11 bash tools/install.sh   # another interpreter (>= 3.11, setup.py's
+#                                                      # python_requires; 3.11 is what is measured)
 #
 # Where things go:
 #   .venv/                                  the environment (inside the checkout, git-ignored)
@@ -22,6 +24,10 @@ MMCV_VERSION=2.1.0
 log() { printf '[install] %s\n' "$*"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    log "error: '$PYTHON' is not a Python >= 3.11 (setup.py's python_requires); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
   log "creating virtual environment $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
@@ -83,7 +89,7 @@ if ! have_mmcv; then
     trap 'rm -rf "$BUILD"' EXIT
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$BUILD"
     tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
-    # torch >= 2.10 headers require C++20; mmcv 2.1.0 hard-codes -std=c++14/17 (STACK.md, problem 1).
+    # torch >= 2.10 headers require C++20; mmcv 2.1.0 hard-codes -std=c++14/17 (docs/en/faq.md, "Building mmcv fails").
     sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' "$BUILD/mmcv-$MMCV_VERSION/setup.py"
     (cd "$BUILD/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       "${PIP[@]}" wheel -q --no-build-isolation --no-deps --no-cache-dir -w "$BUILD/dist" .)
@@ -100,7 +106,7 @@ fi
 
 log "installing pinned requirements"
 "${PIP[@]}" install -q -r "$ROOT/requirements/pinned.txt"
-# mmdeploy's metadata pins protobuf<=3.20.2 and grpcio, neither needed at run time (STACK.md).
+# mmdeploy's metadata pins protobuf<=3.20.2 and grpcio, neither needed at run time.
 "${PIP[@]}" install -q --no-deps "mmdeploy==1.3.1"
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
 "$PY" -c 'import pkg_resources, mmcv.ops, mmdet, mmdeploy, fcos_plugin; print("[install] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmdeploy", mmdeploy.__version__)'
