@@ -141,6 +141,8 @@ def main() -> None:
     p.add_argument('--epochs', type=int, default=8, help='alternating epochs per reader')
     p.add_argument('--work-dir', default=None)
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
     from fcos_plugin.datasets import pack_coco
     work = args.work_dir or tempfile.mkdtemp(prefix='bench_dataset_')
 
@@ -173,6 +175,7 @@ def main() -> None:
         print(f'| {n} | {boxes} | {pack_s:.1f} | {j["seconds"]:.2f} | {m["seconds"]:.3f} | '
               f'{j["rss_mb"]:.0f} | {m["rss_mb"]:.1f} | {j["rss_mb"] / max(m["rss_mb"], 0.1):.0f}x |',
               flush=True)
+    print('\n' + markdown_line(before))
 
 
 if __name__ == '__main__':

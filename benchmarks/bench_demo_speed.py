@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--threads', type=int, default=2)
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = Config.fromfile(args.config)
@@ -96,6 +98,7 @@ def main() -> None:
     base = next(iter(results.values()))['total']
     for name, r in results.items():
         print(f'| {name} | ' + ' | '.join(f'{r[s]:.3f}' for s in stages) + f' | {base / r["total"]:.2f}x |')
+    print('\n' + markdown_line(before))
 
 
 if __name__ == '__main__':

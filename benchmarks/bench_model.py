@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument('--size', type=int, default=512)
     p.add_argument('--batch', type=int, default=2)
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
     torch.set_num_threads(args.threads)
     shape = (1, 3, args.size, args.size)
 
@@ -126,6 +128,7 @@ def main() -> None:
     for name in list(rows)[1:]:
         print(f'\n{name} vs FCOS-R50: training {speeds[name][0] / base[0]:.1f}x faster, inference '
               f'{base[1] / speeds[name][1]:.1f}x faster')
+    print('\n' + markdown_line(before))
 
 
 if __name__ == '__main__':

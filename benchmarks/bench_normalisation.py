@@ -223,6 +223,8 @@ def main() -> None:
     p.add_argument('--min-side', type=float, default=32, help='smallest box short side, pixels')
     p.add_argument('--coco', default=TINY)
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_start = os.getloadavg()
@@ -295,6 +297,7 @@ def main() -> None:
                   f'{d1.mean():+.2%} ({lo1:+.2%} to {hi1:+.2%}) | {dl.mean():+.4f} ({lol:+.4f} to '
                   f'{hil:+.4f}) |')
         print()
+    print(markdown_line(before))
 
 
 if __name__ == '__main__':

@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument('--rounds', type=int, default=10, help='alternating rounds (each times both variants)')
     p.add_argument('--work-dir', default=None, help='where the pack is written (a temporary directory)')
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
 
     import mmcv
     from mmengine.registry import init_default_scope
@@ -113,6 +115,7 @@ def main() -> None:
         per_round = sorted(cr / ur for cr, ur in zip(rates[level]['checked'], rates[level]['unchecked']))
         print(f'| {level} | {u:.0f} | {c:.0f} | **{median(per_round):.3f}x** '
               f'(rounds {per_round[0]:.3f}-{per_round[-1]:.3f}) |')
+    print('\n' + markdown_line(before))
 
 
 if __name__ == '__main__':

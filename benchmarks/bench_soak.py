@@ -71,7 +71,9 @@ def main() -> None:
     args = p.parse_args()
     out_json = osp.join(args.work_dir, 'soak.json')
     picture = osp.join(REPO, 'benchmarks', 'soak_memory.png')
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
     if not args.plot_only:
+        before = machine_facts()
         from mmengine.config import Config
         from mmengine.hooks import Hook
         from mmengine.runner import Runner
@@ -110,9 +112,11 @@ def main() -> None:
         runner.train()
         os.makedirs(args.work_dir, exist_ok=True)
         with open(out_json, 'w') as f:
-            json.dump(dict(config=args.config, iters=args.iters, records=records), f, indent=1)
+            json.dump(dict(config=args.config, iters=args.iters, records=records,
+                           machine=markdown_line(before)), f, indent=1)
     with open(out_json) as f:
-        records = json.load(f)['records']
+        saved = json.load(f)
+    records = saved['records']
     plot(records, picture)
     print('| iteration | main MB | workers MB | load avg |\n|---|---|---|---|')
     for r in records:
@@ -125,6 +129,7 @@ def main() -> None:
           f'({last["main_mb"] / base["main_mb"]:.3f}x), workers ' + ', '.join(
               f'{b - a:+.0f} MB' for a, b in zip(base['workers_mb'], last['workers_mb'])))
     print(f'picture: {picture}')
+    print(saved.get('machine', 'Machine: not recorded by this (older) run'))
 
 
 if __name__ == '__main__':
