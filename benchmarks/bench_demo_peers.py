@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/bench_demo_peers.py [--iters 600] [--val-interval 150] [--only NAME ...]
     .venv/bin/python benchmarks/bench_demo_peers.py --plot-only      # table and picture from earlier runs
+    .venv/bin/python benchmarks/bench_demo_peers.py --write          # ... and the table into RESULTS.md
 
 Every model is trained by ``tools/train.py`` on ``data/demo`` (``bash tools/run_demo.sh`` makes it)
 with the same input size (320x320), pipeline, batch (8), number of iterations, warm-up and cosine
@@ -21,18 +22,24 @@ Models (all from scratch except where named):
 
 The budget points are validations inside one run (one cosine schedule per model), not separate runs
 per budget: a run stopped earlier with its own decayed schedule would score somewhat higher at the
-early points. Results: Markdown on stdout and ``benchmarks/demo_peers.png``; recorded in
-``benchmarks/RESULTS.md``.
+early points. Results: Markdown on stdout and ``benchmarks/demo_peers.png``; with ``--write`` the
+section "Same budget as mmdet's own detectors" of ``benchmarks/RESULTS.md`` gets the generated part
+(command, machine facts of the training runs, table, picture; the commentary under it is kept). Every
+model must have a run: a table with a missing model is refused rather than written.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import os.path as osp
 import subprocess
 import sys
+import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SECTION = "## Same budget as mmdet's own detectors (demo data)"
+END_MARK = '<!-- end of bench_demo_peers.py output; commentary below is kept by --write -->'
 PEERS = {
     'fcos_effb0_demo (Lite0 weights)': ('configs/fcos_effb0_demo.py', []),
     # from scratch nothing may stay frozen at its random initialisation
@@ -80,6 +87,19 @@ def curve(work_dir: str) -> list[tuple[int, float, float, float]]:
     return points
 
 
+def table(curves: dict[str, list[tuple[int, float, float, float]]]) -> list[str]:
+    """The Markdown table: one row per model, one column per budget point (iterations), then s/iteration."""
+    budgets = sorted({pt[0] for pts in curves.values() for pt in pts[1:]})
+    lines = ['| model | ' + ' | '.join(f'{b} it' for b in budgets) + ' | s/iteration |',
+             '|---|' + '---|' * (len(budgets) + 1)]
+    for name, pts in curves.items():
+        by_iter = {pt[0]: pt for pt in pts}
+        cells = [f'{by_iter[b][2]:.3f} ({by_iter[b][1]:.1f} min)' if b in by_iter else '-' for b in budgets]
+        rate = 60 * pts[-1][1] / pts[-1][0] if pts[-1][0] else float('nan')
+        lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {rate:.2f} |')
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--iters', type=int, default=600)
@@ -89,21 +109,42 @@ def main() -> None:
     p.add_argument('--only', nargs='+', choices=list(PEERS), help='train only these (default: all)')
     p.add_argument('--plot-only', action='store_true', help='no training: read the work dirs')
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'demo_peers.png'))
+    p.add_argument('--write', action='store_true', help='put the table into benchmarks/RESULTS.md')
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    machine_file = osp.join(args.work_root, 'machine.md')
     if not args.plot_only:
+        before = machine_facts()
         for name in args.only or PEERS:
             train(name, osp.join(args.work_root, slug(name)), args.data_root, args.iters, args.val_interval)
+        os.makedirs(args.work_root, exist_ok=True)
+        with open(machine_file, 'w') as f:  # the training runs' machine, for later --plot-only
+            f.write(markdown_line(before) + '\n')
+    machine = open(machine_file).read().strip() if osp.isfile(machine_file) else \
+        'Machine: not recorded (runs made before bench_demo_peers.py recorded it).'
     curves = {name: curve(osp.join(args.work_root, slug(name))) for name in PEERS
               if glob.glob(osp.join(args.work_root, slug(name), '2*', 'vis_data', 'scalars.json'))}
-
-    budgets = sorted({pt[0] for pts in curves.values() for pt in pts[1:]})
-    print('| model | ' + ' | '.join(f'{b} it' for b in budgets) + ' | s/iteration |')
-    print('|---|' + '---|' * (len(budgets) + 1))
-    for name, pts in curves.items():
-        by_iter = {pt[0]: pt for pt in pts}
-        cells = [f'{by_iter[b][2]:.3f} ({by_iter[b][1]:.1f} min)' if b in by_iter else '' for b in budgets]
-        rate = 60 * pts[-1][1] / pts[-1][0]
-        print(f'| {name} | ' + ' | '.join(cells) + f' | {rate:.2f} |')
+    if not curves:
+        raise SystemExit(f'no training runs under {args.work_root}: run without --plot-only first')
+    lines = table(curves)
+    print(machine + '\n\n' + '\n'.join(lines))
+    missing = [name for name in PEERS if name not in curves]
+    if args.write:
+        if missing:
+            raise SystemExit(f'not written: no run for {", ".join(missing)} under {args.work_root}')
+        from results_md import write_section
+        picture = osp.relpath(args.out, osp.join(REPO, 'benchmarks'))
+        text = '\n'.join([
+            SECTION, '',
+            f'`.venv/bin/python benchmarks/bench_demo_peers.py --write` ({time.strftime("%Y-%m-%d")}): every '
+            'model trained by `tools/train.py` on `data/demo`, same 320x320 pipeline, batch 8, '
+            f'{args.iters} iterations, warm-up and cosine decay, seed 0, deterministic; validated on the '
+            f'demo val images every {args.val_interval} iterations (the budget points, inside one run per '
+            'model). '
+            "CPU-minutes are the summed per-iteration times from each run's own log (validation excluded). "
+            'Cell: bbox mAP (training CPU-minutes so far).', '',
+            machine, '', *lines, '', f'![mAP against CPU-minutes]({picture})'])
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
     import matplotlib
     matplotlib.use('Agg')
