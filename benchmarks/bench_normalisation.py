@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Input normalisation 127 vs 128 for the ImageNet EfficientNet-Lite0 weights, measured on the
-classifier path against real COCO crops (issue 8, bug 9).
+classifier path against real COCO crops (the configs use 128, the weights were trained with 127).
 
 The TF Lite0 weights were trained on RGB ``(x - 127) / 128`` (tensorflow/tpu
 ``models/official/efficientnet/lite/efficientnet_lite_builder.py``: ``MEAN_RGB = [127.0, 127.0, 127.0]``,
