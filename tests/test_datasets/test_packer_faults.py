@@ -276,7 +276,7 @@ def test_workers_read_a_bounded_number_of_images_ahead(tmp_path):
     bound = max_images_in_flight(2)
     assert bound * 4 < len(images)
     worst = consumed = 0
-    for im, data, problem in _checked_images(img_dir, images, 2, pool_factory=CountingPool):
+    for im, data, problem, _ in _checked_images(img_dir, images, 2, pool_factory=CountingPool):
         assert problem is None and data and im['id'] == consumed  # in order, every image read
         worst = max(worst, submitted[0] - consumed)
         consumed += 1

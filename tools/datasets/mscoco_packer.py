@@ -32,6 +32,9 @@ def parse_args(argv=None):
     p.add_argument('--num-workers', type=int, default=2, help='processes that read and verify images')
     p.add_argument('--bbox-tolerance', type=float, default=DEFAULT_BBOX_TOLERANCE,
                    help='pixels a box may extend past the image border before it is rejected')
+    p.add_argument('--allow-outside-src', action='store_true',
+                   help='pack image files whose file_name leads outside --src-data-dir (.., absolute paths, '
+                        'symlinks out); without it such records are reported and skipped')
     p.add_argument('--no-progress', action='store_true')
     return p.parse_args(argv)
 
@@ -43,6 +46,7 @@ def main(argv=None) -> int:
                            with_segmentation=args.with_segmentation, strict=args.strict,
                            overwrite=args.overwrite, num_workers=args.num_workers,
                            bbox_tolerance=args.bbox_tolerance, progress=not args.no_progress,
+                           allow_outside_src=args.allow_outside_src,
                            log=lambda line: print(line, file=sys.stderr))
     except PackError as e:
         print(f'error: {e}', file=sys.stderr)
