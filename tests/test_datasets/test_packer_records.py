@@ -163,8 +163,12 @@ def test_exif_rotated_photo_is_packed_in_the_frame_training_sees(rotated_photos,
 
 
 def test_exif_raw_frame_record_is_fatal_in_strict_mode(rotated_photos, tmp_path):
-    src = rotated_photos[0]
-    with pytest.raises(PackError, match='strict'):
+    """With the raw-frame record as the only flaw, --strict stops the pack (was: packed without a word)."""
+    src, data, good, raw, box = rotated_photos
+    data['images'].remove(good)
+    data['annotations'] = [a for a in data['annotations'] if a['image_id'] != good['id']]
+    _write_json(src, data)
+    with pytest.raises(PackError, match='1 problem.*strict'):
         pack_coco(src, str(tmp_path / 'out'), 'val', strict=True, **quiet)
     assert os.listdir(tmp_path / 'out') == []
 
@@ -197,7 +201,7 @@ def outside_paths(tiny_coco, tmp_path):
     return src, data, outside, fifo
 
 
-def _pack_cli(src, out, *flags, timeout=120):
+def _pack_cli(src, out, *flags, timeout=90):
     return subprocess.run(run_tool('tools/datasets/mscoco_packer.py', '--src-data-dir', src,
                                    '--target-data-dir', out, '--split-name', 'val', '--no-progress',
                                    *flags), capture_output=True, text=True, timeout=timeout)
