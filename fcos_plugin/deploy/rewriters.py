@@ -1,4 +1,23 @@
-"""mmdeploy rewriters for fcos_plugin's heads (importing this module registers them; needs mmdeploy).
+"""mmdeploy rewriters for fcos_plugin's models (importing this module registers them; needs mmdeploy).
+
+Two rewrites, each active only inside mmdeploy's export (``RewriterContext``):
+
+* :func:`conv2d_adaptive_padding__forward` -- TensorFlow "SAME" padding computed *in the graph* from
+  the input's shape, so that a dynamic-shape export is right at every input size (below);
+* :func:`tuned_fcos_head__predict_by_feat` -- the tuned head's own post-processing (further below).
+
+**"SAME" padding.** The stride-2 convolutions of :class:`~fcos_plugin.models.backbones.EffNet`
+(``padding='same_tf'``, what the TF-trained Lite/B weights expect) are mmcv's ``Conv2dAdaptivePadding``,
+which computes its asymmetric padding with Python ``math.ceil``/``max`` on ``x.size()``. The TorchScript
+exporter records that arithmetic as constants, so a "dynamic" graph pads (or crops) every input to the
+export size before the stem: exported at 320, a 512x512 input ran the network on a 321x321 crop and
+lost every object outside it. mmdeploy 1.3.1 rewrites this forward for TensorRT with static shapes only.
+The rewrite below exports each of them as one ONNX ``Conv`` with ``auto_pad='SAME_UPPER'`` -- ONNX's own
+name for exactly this padding, computed by the runtime from the actual input -- for every backend
+without its own rewrite (mmdeploy's TensorRT rewrite stays in force there). An earlier form of the fix,
+``Shape -> arithmetic -> Pad -> Conv``, was right at every size too, but ONNX Runtime's profiler showed
+the ``Pad`` copies and the layout reorders around them among the float model's largest costs after the
+convolutions, and in the int8 model a dequantize/quantize pair around every such ``Pad``.
 
 :class:`~fcos_plugin.models.dense_heads.TunedFCOSHead` inherits ``predict_by_feat`` from mmdet's
 ``BaseDenseHead``, for which mmdeploy 1.3.1 registers a rewrite that differs from the PyTorch head in
@@ -23,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from mmdeploy.codebase.mmdet.deploy import gather_topk, pad_with_value_if_necessary
 from mmdeploy.core import FUNCTION_REWRITER
 from mmdeploy.mmcv.ops import multiclass_nms
@@ -30,7 +50,8 @@ from mmdeploy.utils import is_dynamic_shape
 from mmengine.config import ConfigDict
 from torch import Tensor
 
-__all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg', 'tuned_fcos_head__predict_by_feat']
+__all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg', 'conv2d_adaptive_padding__forward',
+           'same_padding', 'tuned_fcos_head__predict_by_feat']
 
 #: Deploy-config section written by :func:`fcos_plugin.deploy.export_onnx` for these rewriters:
 #: ``pipeline_img_shape`` (h, w), the ``img_shape`` the model config's test pipeline gives every image
@@ -39,6 +60,49 @@ __all__ = ['EXPORT_CFG_KEY', 'check_exportable_test_cfg', 'tuned_fcos_head__pred
 #: graph when its input has exactly the latter size, and otherwise (another pipeline, or absent
 #: section) it clips to the input size, as mmdeploy does.
 EXPORT_CFG_KEY = 'fcos_plugin'
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding of one spatial side, ``(before, after)``: the output has
+    ``ceil(size / stride)`` elements; the extra element goes after (mmcv's ``Conv2dAdaptivePadding``)."""
+    out = -(-size // stride)
+    pad = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return pad // 2, pad - pad // 2
+
+
+class _SameConv2d(torch.autograd.Function):
+    """A 2-D convolution with TF "SAME" padding, exported as one ONNX ``Conv`` with
+    ``auto_pad='SAME_UPPER'``: ONNX's own definition of that padding (output ``ceil(size / stride)``, the
+    odd element of padding after), computed by the runtime for every input size. One node rather than
+    ``Pad -> Conv``: ONNX Runtime fuses it (bias, activation, int8 ``QLinearConv``) like any convolution,
+    where a separate ``Pad`` with computed amounts costs a copy of the tensor, layout reorders around it,
+    and in an int8 graph a dequantize/quantize pair."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple, dilation: tuple,
+                groups: int) -> Tensor:
+        kh, kw = weight.shape[-2:]
+        top, bottom = same_padding(int(x.shape[-2]), int(kh), stride[0], dilation[0])
+        left, right = same_padding(int(x.shape[-1]), int(kw), stride[1], dilation[1])
+        if top or bottom or left or right:
+            x = F.pad(x, [left, right, top, bottom])
+        return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, stride, dilation, groups):
+        kernel = weight.type().sizes()[-2:]
+        return g.op('Conv', x, weight, bias, auto_pad_s='SAME_UPPER', kernel_shape_i=list(kernel),
+                    strides_i=list(stride), dilations_i=list(dilation), group_i=groups)
+
+
+@FUNCTION_REWRITER.register_rewriter(
+    func_name='mmcv.cnn.bricks.conv2d_adaptive_padding.Conv2dAdaptivePadding.forward')
+def conv2d_adaptive_padding__forward(self, x: Tensor) -> Tensor:
+    """``Conv2dAdaptivePadding.forward`` as one ``Conv`` with ``auto_pad='SAME_UPPER'`` (see the module
+    docstring); numerically the original forward."""
+    bias = self.bias if self.bias is not None else self.weight.new_zeros(self.out_channels)
+    return _SameConv2d.apply(x, self.weight, bias, tuple(int(v) for v in self.stride),
+                             tuple(int(v) for v in self.dilation), int(self.groups))
 
 
 def check_exportable_test_cfg(cfg: dict | ConfigDict) -> None:
