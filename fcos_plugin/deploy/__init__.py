@@ -7,10 +7,11 @@ that training and testing never import it). One module per job, as mmdeploy keep
 ``checks``         checkpoint, ONNX model and input-size checks (:func:`check_checkpoint`,
                    :func:`check_onnx_model`, :func:`check_input_shape`)
 ``pytorch2onnx``   :func:`export_onnx`: mmdeploy's ``torch2onnx`` + ``export2SDK`` into a work directory
-``quantization``   :func:`quantize_int8`: ONNX Runtime static int8, calibrated on the train set
+``quantization``   :func:`quantize_int8`: ONNX Runtime static int8 of the network, calibrated on the train set
+``inspection``     what ONNX Runtime runs: int8 vs float convolution kernels, time per operator type
 ``evaluation``     :func:`evaluate`, latency of ONNX and PyTorch models
 ``data``           the test pipeline for a static input, train/val dataloaders for the above
-``rewriters``      mmdeploy rewriters of the plugin's head (registered on import)
+``rewriters``      mmdeploy rewriters: in-graph "SAME" padding, the plugin's head (registered on import)
 ``common``         :class:`DeployError`, the exported file names, ``--force`` handling
 =================  ====================================================================================
 
@@ -24,15 +25,15 @@ from .configs import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, deploy_cfg_for, load
 from .data import build_dataloader
 from .evaluation import evaluate, latency_input, median_latency_ms, onnx_latency_ms, ort_session
 from .pytorch2onnx import export_onnx
-from .quantization import quantize_int8
+from .quantization import CALIBRATION_METHODS, network_nodes, quantize_int8
 from .rewriters import EXPORT_CFG_KEY, check_exportable_test_cfg
 
 compat.patch_onnx_export()
 
 __all__ = [
-    'DEFAULT_DEPLOY_CFG', 'DeployError', 'EXPORT_CFG_KEY', 'STATIC_DEPLOY_CFG', 'build_dataloader',
-    'check_checkpoint', 'check_exportable_test_cfg', 'check_input_shape', 'check_onnx_model',
-    'deploy_cfg_for', 'ensure_free', 'evaluate', 'export_onnx', 'init_scope', 'latency_input',
-    'load_deploy_cfg', 'load_model_cfg', 'median_latency_ms', 'onnx_input_dims', 'onnx_latency_ms',
-    'ort_session', 'quantize_int8', 'write_json_atomic'
+    'build_dataloader', 'CALIBRATION_METHODS', 'check_checkpoint', 'check_exportable_test_cfg',
+    'check_input_shape', 'check_onnx_model', 'DEFAULT_DEPLOY_CFG', 'deploy_cfg_for', 'DeployError',
+    'ensure_free', 'evaluate', 'EXPORT_CFG_KEY', 'export_onnx', 'init_scope', 'latency_input',
+    'load_deploy_cfg', 'load_model_cfg', 'median_latency_ms', 'network_nodes', 'onnx_input_dims',
+    'onnx_latency_ms', 'ort_session', 'quantize_int8', 'STATIC_DEPLOY_CFG', 'write_json_atomic'
 ]

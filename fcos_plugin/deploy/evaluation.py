@@ -6,8 +6,8 @@
 * :func:`latency_input` -- the network input of one real val image, preprocessed exactly as
   :func:`evaluate` preprocesses it (so its size is the one the model is evaluated at);
 * :func:`ort_session` and :func:`median_latency_ms` -- ONNX Runtime CPU sessions with a fixed thread
-  count, and the median time of several callables run interleaved, so that machine noise hits them
-  alike.
+  count, and the median time of several callables, each timed in blocks of its own (an idle ONNX
+  Runtime thread pool spinning after a run slows whatever runs next).
 
 The input size of an ONNX model is checked against its deploy config and ``export_meta.json`` by
 :func:`fcos_plugin.deploy.checks.check_input_shape` before anything runs.
@@ -28,7 +28,8 @@ from .common import DeployError, Log, init_scope
 from .configs import deploy_cfg_for, load_deploy_cfg, load_model_cfg, static_input_shape
 from .data import build_dataloader, static_pipeline
 
-__all__ = ['evaluate', 'latency_input', 'median_latency_ms', 'onnx_latency_ms', 'ort_session']
+__all__ = ['evaluate', 'latency_input', 'median_latency_ms', 'onnx_latency_fns', 'onnx_latency_ms',
+           'ort_session', 'pytorch_model']
 
 
 def evaluate(model_cfg: str | Config,
@@ -159,42 +160,69 @@ def ort_session(model: str, threads: int = 2):
 
 
 def median_latency_ms(fns: dict[str, Callable[[], object]], runs: int = 10,
-                      warmup: int = 1) -> dict[str, float]:
-    """Median wall time in milliseconds of each callable, over ``runs`` rounds.
+                      warmup: int = 2, rounds: int = 2) -> dict[str, float]:
+    """Median wall time in milliseconds of each callable, each timed in blocks of its own.
 
-    Every callable runs ``warmup`` times first; then each round runs all of them once, in order, so
-    that load from other processes hits them alike.
+    An ONNX Runtime session's intra-op thread pool keeps spinning for a while after each ``run``, so
+    callables timed run by run, interleaved, slow each other down (the same float model: ~24 ms alone,
+    ~47 ms interleaved with an int8 one on the 2-core machine of benchmarks/RESULTS.md). Each callable
+    therefore runs in a block: ``warmup`` untimed runs, then its timed runs; the blocks of all callables
+    alternate over ``rounds`` rounds (the order reversed every other round), so slow drift of the
+    machine hits them alike. ``runs`` timed runs in all, split over the rounds.
     """
     if runs < 1:
         raise ValueError(f'runs must be >= 1, got {runs}')
+    rounds = max(1, min(rounds, runs))
     times: dict[str, list] = {name: [] for name in fns}
+    items = list(fns.items())
     with torch.no_grad():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        for _ in range(runs):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        for r in range(rounds):
+            n = runs // rounds + (1 if r < runs % rounds else 0)
+            for name, fn in (items if r % 2 == 0 else items[::-1]):
+                for _ in range(warmup):
+                    fn()
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
-def onnx_latency_ms(models: dict[str, str], x: np.ndarray, threads: int = 2,
-                    runs: int = 10) -> dict[str, float]:
-    """Median ONNX Runtime latency (ms) of each named ONNX model on the same input ``x``.
+def onnx_latency_fns(models: dict[str, str], x: np.ndarray, threads: int = 2) -> dict[str, Callable]:
+    """One callable per named ONNX model that runs it on ``x`` in its own ONNX Runtime session.
 
     Raises:
         DeployError: ``x`` is not of a shape a model takes (its static input dimensions).
     """
-    sessions = {}
+    fns = {}
     for name, path in models.items():
         dims = onnx_input_dims(path)
         if any(isinstance(d, int) and d != s for d, s in zip(dims, x.shape)) or len(dims) != x.ndim:
             raise DeployError(f'{path} takes inputs of shape {_dims_str(dims)}, not {list(x.shape)}')
-        sessions[name] = ort_session(path, threads)
-    return median_latency_ms({name: (lambda s=s: s.run(None, {'input': x}))
-                              for name, s in sessions.items()}, runs)
+        fns[name] = lambda s=ort_session(path, threads): s.run(None, {'input': x})
+    return fns
+
+
+def onnx_latency_ms(models: dict[str, str], x: np.ndarray, threads: int = 2,
+                    runs: int = 10) -> dict[str, float]:
+    """Median ONNX Runtime latency (ms) of each named ONNX model on the same input ``x``, each model
+    timed in blocks of its own (:func:`median_latency_ms`).
+
+    Raises:
+        DeployError: ``x`` is not of a shape a model takes (its static input dimensions).
+    """
+    return median_latency_ms(onnx_latency_fns(models, x, threads), runs)
+
+
+def pytorch_model(model_cfg: str | Config, checkpoint: str, model: str,
+                  deploy_cfg: str | Config | None = None) -> torch.nn.Module:
+    """The PyTorch detector of ``checkpoint`` as mmdeploy builds it for the deploy config of ``model``
+    (the ``.onnx`` file), in eval mode: what :func:`evaluate` and the latency compare with."""
+    from mmdeploy.apis import build_task_processor
+    init_scope()
+    task = build_task_processor(copy.deepcopy(load_model_cfg(model_cfg)), deploy_cfg_for(model, deploy_cfg),
+                                'cpu')
+    return task.build_pytorch_model(checkpoint)
 
 
 def _dims_str(dims: Sequence[int | str | None]) -> str:

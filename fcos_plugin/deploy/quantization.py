@@ -1,6 +1,14 @@
 """Static int8 quantization of an exported model with ONNX Runtime (as mmdeploy keeps calibration in
-``apis/calibration.py``): every convolution quantized (QDQ), calibrated on the config's train images
-through the test pipeline; everything after the convolutions stays float.
+``apis/calibration.py``), calibrated on the config's train images through the test pipeline.
+
+What is quantized is the *network*: every operator from the input up to the head's last convolutions
+-- convolutions, activations, the residual and BiFPN additions and weighted fusions, resize, max-pool,
+concatenation, padding -- so that ONNX Runtime's graph optimizer can run it as one chain of int8
+kernels (``QLinearConv``, ``QLinearAdd``, ``QLinearMul``, ...) with no dequantize/quantize round trip
+between layers (:func:`network_nodes`). What stays float: the shape arithmetic of the dynamic padding,
+the post-processing (sigmoid, score, box decoding, top-k, NMS) and, by default, the head's output
+convolutions (``float_head_outputs``: their outputs are the logits and box distances, which HAT also
+keeps float; a measurement in benchmarks/RESULTS.md, "int8", says what they cost).
 """
 from __future__ import annotations
 
@@ -15,12 +23,17 @@ from collections.abc import Iterator
 import numpy as np
 from mmengine.config import Config
 
+from ..utils.cpu import has_int8_dot_product
 from .checks import check_input_shape, check_onnx_model
 from .common import DeployError, Log, ensure_free, init_scope
 from .configs import deploy_cfg_for, load_model_cfg, static_input_shape
 from .data import build_dataloader, static_pipeline
 
-__all__ = ['quantize_int8']
+__all__ = ['CALIBRATION_METHODS', 'network_nodes', 'quantize_int8']
+
+#: ``--calib-method`` names: ONNX Runtime's calibration methods.
+CALIBRATION_METHODS = ('MinMax', 'Percentile', 'Entropy')
+CONV_OPS = ('Conv',)
 
 
 def _calibration_batches(model_cfg: Config, deploy_cfg: Config,
@@ -35,24 +48,108 @@ def _calibration_batches(model_cfg: Config, deploy_cfg: Config,
         yield preprocessor(data, False)['inputs'].numpy()
 
 
+def network_nodes(model, float_head_outputs: bool = True, exclude: tuple[str, ...] = (),
+                  op_types: tuple[str, ...] | None = None) -> list[str]:
+    """Names of the nodes of ``model`` (an ``onnx.ModelProto``) to quantize.
+
+    The network is every node from which a convolution can be reached (and the convolutions); nodes
+    after the last convolutions are post-processing. Shape arithmetic (nodes computing from ``Shape``
+    outputs and constants only, e.g. the in-graph "SAME" padding amounts) is left out: it is int64.
+
+    Args:
+        model: the (pre-processed) float model.
+        float_head_outputs: leave the last convolutions (those with no convolution after them: the
+            head's class, box and centerness outputs) float.
+        exclude: node names, or name prefixes, kept float in addition (sensitivity analysis).
+        op_types: quantize only nodes of these types (``('Conv',)``: convolutions only, every other
+            operator float between dequantize/quantize pairs -- for comparison); None: all.
+    """
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    # shape arithmetic: computed from Shape outputs and constants only
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == 'Constant' for o in n.output}
+    shape_tensors: set[str] = set()
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        if node.op_type == 'Shape' or (
+                node.op_type != 'Constant' and node.input
+                and all(i in shape_tensors or i in constants or not i for i in node.input)
+                and any(i in shape_tensors for i in node.input)):
+            shape_tensors.update(node.output)
+    reaches_conv: dict[str, bool] = {}
+    for node in reversed(graph.node):
+        below = [c for o in node.output for c in consumers.get(o, [])]
+        reaches_conv[node.name] = any(c.op_type in CONV_OPS or reaches_conv.get(c.name, False)
+                                      for c in below)
+    keep = []
+    for node in graph.node:
+        if node.op_type == 'Constant' or all(o in shape_tensors for o in node.output):
+            continue
+        if node.op_type in CONV_OPS:
+            if float_head_outputs and not reaches_conv[node.name]:
+                continue
+        elif not reaches_conv[node.name]:
+            continue
+        if any(node.name == e or node.name.startswith(e) for e in exclude):
+            continue
+        if op_types is not None and node.op_type not in op_types:
+            continue
+        keep.append(node.name)
+    return keep
+
+
+def _read_shapes_before_dequantize(path: str) -> None:
+    """Make every ``Shape`` that reads a ``DequantizeLinear`` output read its int8 input instead (same
+    shape), and drop the dequantizations nothing else reads. The quantizer puts ``Shape`` (of the BiFPN's
+    resize targets, of the head's feature maps) behind a dequantization, so ONNX Runtime would dequantize
+    a whole feature map to learn its size."""
+    import onnx
+    model = onnx.load(path)
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type == 'Shape' and node.input[0] in producer \
+                and producer[node.input[0]].op_type == 'DequantizeLinear':
+            node.input[0] = producer[node.input[0]].input[0]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == 'DequantizeLinear' and n.output[0] not in used]
+    for node in dead:
+        graph.node.remove(node)
+    onnx.save(model, path)
+
+
 def quantize_int8(model_cfg: str | Config,
                   onnx_in: str,
                   onnx_out: str,
                   deploy_cfg: str | Config | None = None,
                   num_calib: int = 32,
                   per_channel: bool = True,
-                  reduce_range: bool = False,
+                  reduce_range: bool | None = None,
                   calibrate_method: str = 'MinMax',
+                  percentile: float = 99.999,
+                  float_head_outputs: bool = True,
+                  exclude: tuple[str, ...] = (),
+                  op_types: tuple[str, ...] | None = None,
                   force: bool = False,
                   log: Log = print) -> dict[str, object]:
-    """Static int8 quantization (ONNX Runtime, QDQ) of every ``Conv`` of an exported model.
+    """Static int8 quantization (ONNX Runtime, QDQ) of the network of an exported model.
 
-    Only convolutions -- backbone, neck and head -- are quantized (int8 weights, uint8
-    activations); score computation, box decoding, top-k and NMS stay float. Calibration uses
-    ``num_calib`` images of the config's train set through the test pipeline.
+    int8 per-channel symmetric weights, uint8 asymmetric activations, int32 biases; the nodes are
+    :func:`network_nodes`. Calibration uses ``num_calib`` images of the config's train set through the
+    test pipeline.
+
+    Args:
+        reduce_range: 7-bit weights; ``None`` chooses it on CPUs without VNNI/AMX
+            (:func:`fcos_plugin.utils.cpu.has_int8_dot_product`), where 8-bit u8 x s8 products saturate.
+        calibrate_method: ``MinMax``, ``Percentile`` (``percentile`` of each activation's absolute
+            values) or ``Entropy``.
+        float_head_outputs, exclude, op_types: see :func:`network_nodes`.
 
     Returns:
-        dict: ``quantized`` and ``excluded`` node counts, ``seconds``.
+        dict: ``quantized`` and ``float`` node counts, ``calibration_images``, the settings, ``seconds``.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -74,11 +171,15 @@ def quantize_int8(model_cfg: str | Config,
     ensure_free([onnx_out], force)
     check_onnx_model(onnx_in)
     check_input_shape(onnx_in, deploy_cfg)  # before calibration: a wrong size fails there
-    try:
-        method = getattr(CalibrationMethod, calibrate_method)
-    except AttributeError:
-        raise DeployError(f'unknown calibration method {calibrate_method!r}; use MinMax, Entropy '
-                          'or Percentile') from None
+    if calibrate_method not in CALIBRATION_METHODS:
+        raise DeployError(f'unknown calibration method {calibrate_method!r}; use one of '
+                          f'{", ".join(CALIBRATION_METHODS)}')
+    method = getattr(CalibrationMethod, calibrate_method)
+    if reduce_range is None:
+        reduce_range = not has_int8_dot_product()
+        if reduce_range:
+            log('note: this CPU has no VNNI/AMX int8 dot product: 7-bit weights (reduce_range) so that '
+                'u8 x s8 products do not saturate')
     batches = list(_calibration_batches(model_cfg, deploy_cfg, num_calib))
     if not batches:
         raise DeployError(f'no calibration images in the train set of {model_cfg.filename}')
@@ -107,21 +208,27 @@ def quantize_int8(model_cfg: str | Config,
             log(f'note: quant_pre_process failed ({type(e).__name__}); quantizing the model as is')
             shutil.copy(onnx_in, pre)
         pre_model = onnx.load(pre)
-        convs = [n.name for n in pre_model.graph.node if n.op_type == 'Conv']
-        others = [n.name for n in pre_model.graph.node if n.op_type != 'Conv']
+        nodes = network_nodes(pre_model, float_head_outputs, tuple(exclude),
+                              None if op_types is None else tuple(op_types))
+        chosen = set(nodes)
+        others = [n.name for n in pre_model.graph.node if n.name not in chosen]
         out_tmp = osp.join(tmp, 'int8.onnx')
+        extra = dict(ActivationSymmetric=False, WeightSymmetric=True)
+        if calibrate_method == 'Percentile':
+            extra['CalibPercentile'] = percentile
         quantize_static(
-            pre, out_tmp, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=['Conv'],
-            nodes_to_quantize=convs, nodes_to_exclude=others, per_channel=per_channel,
-            reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=method,
-            extra_options=dict(ActivationSymmetric=False, WeightSymmetric=True))
+            pre, out_tmp, Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
+            nodes_to_exclude=others, per_channel=per_channel, reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+            extra_options=extra)
+        _read_shapes_before_dequantize(out_tmp)
         check_onnx_model(out_tmp)
         os.replace(out_tmp, onnx_out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.time() - t0
-    log(f'int8 model written to {onnx_out}: {len(convs)} Conv nodes quantized, '
-        f'{len(batches)} calibration images, {seconds:.1f} s')
-    return dict(quantized=len(convs), excluded=len(others), calibration_images=len(batches),
-                seconds=seconds)
+    log(f'int8 model written to {onnx_out}: {len(nodes)} nodes quantized, {len(others)} float, '
+        f'{calibrate_method} over {len(batches)} calibration images, {seconds:.1f} s')
+    return dict(quantized=len(nodes), float=len(others), calibration_images=len(batches),
+                calibrate_method=calibrate_method, per_channel=per_channel, reduce_range=reduce_range,
+                float_head_outputs=float_head_outputs, seconds=seconds)
