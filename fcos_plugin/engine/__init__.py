@@ -4,9 +4,14 @@ from .hooks import (
     CheckpointFitsModelHook,
     CheckpointMismatchError,
     NonFiniteLossError,
+    NumClassesMatchDatasetHook,
+    NumClassesMismatchError,
     StopOnNonFiniteLossHook,
+    all_finite,
     checkpoint_fit,
+    shape_mismatches,
 )
 
 __all__ = ['ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
-           'StopOnNonFiniteLossHook', 'checkpoint_fit']
+           'NumClassesMatchDatasetHook', 'NumClassesMismatchError', 'StopOnNonFiniteLossHook', 'all_finite',
+           'checkpoint_fit', 'shape_mismatches']
