@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import sys
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
@@ -23,6 +24,7 @@ from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
 from fcos_plugin.engine import CheckpointMismatchError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
 from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.utils.config_check import ConfigError, check_cfg_option_keys, config_errors_explained
 
 
 def parse_args():
@@ -54,6 +56,7 @@ def main():
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        check_cfg_option_keys(cfg, args.cfg_options)  # a typo'd top-level key would be merged and ignored
         cfg.merge_from_dict(literal_dicts(args.cfg_options))
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -61,14 +64,18 @@ def main():
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     # refuse a checkpoint of another model (fewer than half of the model's weights in it) before testing
+    # (it also refuses tensors of other shapes: a class layer for another num_classes left random)
     cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CheckpointFitsModelHook')]
+    # num_classes against the test set's classes, before the checkpoint is loaded
+    cfg.setdefault('default_hooks', {}).setdefault('check_classes', dict(type='NumClassesMatchDatasetHook'))
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     adapt_cfg_to_machine(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if args.out is not None:
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
+    with config_errors_explained(cfg):  # an unregistered type or a wrong argument: its config path, one line
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        if args.out is not None:
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        metrics = runner.test()
     if runner.rank == 0:
         out = osp.join(cfg.work_dir, 'test_metrics.json')
         with open(out, 'w') as f:
@@ -84,3 +91,6 @@ if __name__ == '__main__':
         raise SystemExit(f'error: {e}') from None
     except LmdbFormatError as e:  # a missing or damaged pack (truncated data.mdb, bad checksum): named
         raise SystemExit(f'error: {pack_error_message(e)}') from None
+    except ConfigError as e:  # a config or --cfg-options mistake (num_classes included): exit 2, as usage
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None

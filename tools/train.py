@@ -23,6 +23,7 @@ from fcos_plugin.datasets.lmdb_format import DamagedPackError, LmdbFormatError, 
 from fcos_plugin.engine import NonFiniteLossError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
 from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.utils.config_check import ConfigError, check_cfg_option_keys, config_errors_explained
 
 
 def parse_args():
@@ -51,11 +52,14 @@ def main():
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        check_cfg_option_keys(cfg, args.cfg_options)  # a typo'd top-level key would be merged and ignored
         cfg.merge_from_dict(literal_dicts(args.cfg_options))
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    # num_classes against the dataset's classes, before anything is trained (configs of other runtimes)
+    cfg.setdefault('default_hooks', {}).setdefault('check_classes', dict(type='NumClassesMatchDatasetHook'))
     if args.amp:
         import torch
         if torch.cuda.is_available():
@@ -74,9 +78,11 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
     adapt_cfg_to_machine(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    with config_errors_explained(cfg):  # an unregistered type or a wrong argument: its config path, one line
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
-        runner.train()
+        with config_errors_explained(cfg):  # loops, datasets and transforms are built here
+            runner.train()
     except DiskFullError as e:  # a checkpoint write (atomic: nothing partial left, see fcos_plugin.utils)
         raise SystemExit(f'error: {e}.{_last_checkpoint_advice(cfg.work_dir, "make room")}') from None
     except LmdbFormatError as e:  # a missing pack, or a damaged record met mid-training (checksums)
@@ -109,3 +115,6 @@ if __name__ == '__main__':
         main()
     except (UnsafeCheckpointError, NonFiniteLossError, CheckpointDownloadError) as e:
         raise SystemExit(f'error: {e}') from None
+    except ConfigError as e:  # a config or --cfg-options mistake (num_classes included): exit 2, as usage
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None

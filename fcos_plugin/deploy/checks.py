@@ -16,6 +16,7 @@ import torch
 from mmengine.config import Config
 
 from ..utils import abbreviate_keys, state_dict_diff
+from ..utils.config_check import num_classes_problem
 from .common import DEPLOY_CFG_FILE, META_FILE, DeployError
 from .configs import static_input_shape
 
@@ -55,6 +56,11 @@ def check_checkpoint(model: torch.nn.Module, checkpoint: str, config_name: str =
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DeployError(f'checkpoint {checkpoint} holds no state_dict of tensors')
+    classes = ((ckpt.get('meta') or {}).get('dataset_meta') or {}).get('classes')  # what it was trained on
+    problem = hasattr(model, 'bbox_head') and num_classes_problem(
+        model.bbox_head.num_classes, classes, source=f'checkpoint {checkpoint}', metainfo_hint=False)
+    if problem:
+        raise DeployError(f'{problem} ({config_name})')
     try:
         _load_checkpoint_to_model(model, ckpt, strict=True, revise_keys=REVISE_KEYS)
     except RuntimeError:  # mmengine lists every key in one line: count and abbreviate them instead
