@@ -48,6 +48,7 @@ import functools
 import os
 import pickle
 import pickletools
+import re
 import zipfile
 
 import numpy as np
@@ -175,12 +176,28 @@ def _load_from_local_safely(original):
             if not isinstance(e, pickle.UnpicklingError):
                 raise
             raise UnsafeCheckpointError(
-                f'refusing to load checkpoint {filename}: it contains objects outside the allow-list '
-                f'of weights-only loading, so it could execute code when unpickled. Nothing in it was '
-                f'run. Only load it if you trust its source, e.g. convert it with '
-                f'torch.load(weights_only=False) in a separate, trusted step. Details: '
-                f'{str(e).splitlines()[0]}') from None
+                f'refusing to load checkpoint {filename}: it contains {refused_object(e)}, outside the '
+                f'allow-list of weights-only loading, so it could execute code when unpickled. Nothing in '
+                f'it was run. Only load it if you trust its source, e.g. convert it with '
+                f'torch.load(weights_only=False) in a separate, trusted step.') from None
     return load_from_local
+
+
+_ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def refused_object(error: BaseException) -> str:
+    """What torch's weights-only unpickler refused, from its message (several paragraphs with ANSI
+    escape codes, the refused object in the ``WeightsUnpickler error:`` line): ``the global os.system``,
+    or that line's text, or ``objects`` when neither is found."""
+    text = _ANSI_ESCAPE.sub('', str(error))
+    match = re.search(r'GLOBAL ([\w.]+)', text)
+    if match:
+        return f'the global {match.group(1)}'
+    match = re.search(r'WeightsUnpickler error: ([^\n]+)', text)
+    if match:
+        return f'something refused ({match.group(1).strip().rstrip(".")})'
+    return 'objects'
 
 
 def _history_buffer_getstate(self) -> dict:

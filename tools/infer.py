@@ -101,8 +101,13 @@ def main(argv=None) -> int:
     if score_thr is None:
         cfg = Config.fromfile(args.config)
         score_thr = cfg.get('default_hooks', {}).get('visualization', {}).get('score_thr', 0.3)
-    inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=args.device,
-                               show_progress=False)
+    from fcos_plugin.compat import UnsafeCheckpointError
+    try:
+        inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=args.device,
+                                   show_progress=False)
+    except UnsafeCheckpointError as e:  # code-running or corrupt checkpoint: one line naming file and object
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     inferencer(usable, out_dir=args.out_dir, pred_score_thr=score_thr, no_save_pred=False,
                batch_size=args.batch_size)
     print(f'{len(usable)} image(s): pictures in {osp.join(args.out_dir, "vis")}, detections in '
