@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     engine,
     evaluation,
     models,
+    quantization,
 )
 
 __version__ = '0.1.0'
