@@ -1,40 +1,44 @@
 #!/usr/bin/env python
-"""ONNX Runtime float and int8 vs PyTorch eager: latency at 1x3x512x512 on 2 CPU threads and bbox mAP
-on the demo val set, all measured in one run.
+"""PyTorch eager vs ONNX Runtime float vs ONNX Runtime int8: end-to-end latency on 2 CPU threads at the
+demo's 320x320 and at 512x512, and bbox mAP on the demo val set, all measured in one run.
 
     .venv/bin/python benchmarks/bench_onnx.py --ckpt CKPT [--config configs/fcos_effb0_demo.py]
-        [--data-root data/demo/] [--work-dir /tmp/bench_onnx] [--threads 2] [--runs 20]
-        [--num-calib 32] [--num-images N] [--write]
+        [--data-root data/demo/] [--work-dir /tmp/bench_onnx] [--threads 2] [--runs 30] [--rounds 3]
+        [--sizes 320 512] [--num-calib 32] [--calib-method MinMax] [--num-images N] [--write]
 
-The checkpoint is exported with ``tools/deploy/export_onnx.py``'s code (dynamic shapes, NMS inside)
-and quantized with ``quantize_onnx.py``'s (int8 convolutions, calibrated on the train set). Latency is
-the median of ``--runs`` end-to-end passes on the same real image (the first val image, resized to
-512x512 and normalised by the val pipeline and data preprocessor) -- PyTorch ``model.predict``
-(network + post-processing + NMS) vs one ONNX Runtime ``run`` -- with the three backends interleaved
-so machine noise hits them alike. Evaluation, the latency input and the timing loop are
-``fcos_plugin.deploy.evaluation``'s, as in ``quantize_onnx.py``. ``--write`` puts the table into
-benchmarks/RESULTS.md under "## ONNX export and int8" (replacing that section only).
+The checkpoint is exported with ``tools/deploy/export_onnx.py``'s code (dynamic shapes, NMS inside) and
+quantized with ``quantize_onnx.py``'s (the int8 network, calibrated on the train set). Latency is the
+median of ``--runs`` end-to-end passes on the same real image (the first val image, resized to each size
+and normalised by the val pipeline and data preprocessor) -- PyTorch ``model.predict`` (network +
+post-processing + NMS) vs one ONNX Runtime ``run`` of the float and the int8 model. Each backend is timed
+in blocks of its own (2 warm-up runs, then timed runs), the blocks alternating over ``--rounds`` rounds:
+an ONNX Runtime session's idle thread pool keeps spinning after a run and slows whatever runs next, so
+run-by-run interleaving measures the neighbours, not the model. The share of the int8 model's
+convolution multiply-adds that ONNX Runtime runs as int8 kernels is read from its optimized graph
+(``fcos_plugin.deploy.inspection``). The machine (CPU model and flags, load before and after) is printed
+with the table; ``--write`` puts it into benchmarks/RESULTS.md under "## ONNX export and int8" (the
+commentary below the generated part is kept).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import datetime
-import glob
-import os
 import os.path as osp
 
 import torch
+from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+from results_md import write_section
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
 SECTION = '## ONNX export and int8'
 #: Ends the generated part of the section: what follows it (commentary) is kept by --write.
 END_MARK = '<!-- end of bench_onnx.py output; commentary below is kept by --write -->'
-LATENCY_HW = (512, 512)
-TARGET_SPEEDUP = 2.0
+BACKENDS = ('PyTorch eager', 'ORT float', 'ORT int8')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--ckpt', required=True, help='checkpoint of --config')
     parser.add_argument('--config', default=osp.join(REPO, 'configs', 'fcos_effb0_demo.py'))
@@ -42,101 +46,93 @@ def parse_args():
                         help='demo LMDB pack (train_lmdb for calibration, val_lmdb for mAP)')
     parser.add_argument('--work-dir', default='/tmp/bench_onnx')
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--runs', type=int, default=20)
+    parser.add_argument('--runs', type=int, default=30, help='timed runs per backend and size')
+    parser.add_argument('--rounds', type=int, default=3, help='alternating blocks the runs are split into')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[320, 512], help='square input sides')
     parser.add_argument('--num-calib', type=int, default=32)
+    parser.add_argument('--calib-method', default='MinMax')
     parser.add_argument('--num-images', type=int, help='evaluate the first N val images only')
     parser.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def write_section(text: str) -> str:
-    """Put ``text`` (the generated part, heading first) into RESULTS.md: replaces the previous generated part
-    of the section (up to :data:`END_MARK`) and keeps the commentary after it; a section without the mark
-    is replaced whole."""
-    path = osp.join(REPO, 'benchmarks', 'RESULTS.md')
-    old = open(path).read() if osp.isfile(path) else '# Benchmark results\n'
-    text = text.rstrip('\n') + '\n\n' + END_MARK + '\n'
-    start = old.find(SECTION + '\n')
-    if start < 0:
-        new = old.rstrip('\n') + '\n\n' + text
-    else:
-        next_section = old.find('\n## ', start + len(SECTION))
-        mark = old.find(END_MARK, start)
-        if mark >= 0 and (next_section < 0 or mark < next_section):
-            rest = old[mark + len(END_MARK):].lstrip('\n')
-        else:
-            rest = old[next_section + 1:] if next_section >= 0 else ''
-        new = old[:start] + text + ('\n' + rest if rest else '')
-        new = new.rstrip('\n') + '\n'
-    from fcos_plugin.utils import write_atomic
-
-    def write(tmp: str) -> None:
-        with open(tmp, 'w') as f:
-            f.write(new)
-    write_atomic(path, write)
-    return path
-
-
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
+    before = machine_facts()
     from mmdeploy.apis import build_task_processor
 
     from fcos_plugin.deploy import export_onnx, init_scope, load_deploy_cfg, load_model_cfg, quantize_int8
     from fcos_plugin.deploy.evaluation import evaluate, latency_input, median_latency_ms, ort_session
+    from fcos_plugin.deploy.inspection import conv_kernels, int8_conv_fraction
     torch.set_num_threads(args.threads)
     init_scope()
     root = osp.abspath(args.data_root)
     cfg = load_model_cfg(args.config, {f'{s}_dataloader.dataset.data_root': root
                                        for s in ('train', 'val', 'test')})
     quiet = lambda s: None  # noqa: E731
-    paths = export_onnx(cfg, args.ckpt, args.work_dir, onnx_name='fcos.onnx', force=True)
+    paths = export_onnx(cfg, args.ckpt, args.work_dir, onnx_name='fcos.onnx', force=True, log=quiet)
     float_model = paths['onnx']
     int8_model = osp.join(args.work_dir, 'fcos_int8.onnx')
-    quantize_int8(cfg, float_model, int8_model, num_calib=args.num_calib, force=True)
-
+    qinfo = quantize_int8(cfg, float_model, int8_model, num_calib=args.num_calib,
+                          calibrate_method=args.calib_method, force=True, log=quiet)
     task = build_task_processor(copy.deepcopy(cfg), load_deploy_cfg(paths['deploy_cfg']), 'cpu')
     torch_model = task.build_pytorch_model(args.ckpt)
-    x, samples = latency_input(cfg, float_model, shape=LATENCY_HW)
-    x_np = x.numpy()
-    fns = {'PyTorch eager': lambda: torch_model.predict(x, copy.deepcopy(samples), rescale=False)}
-    for name, path in (('ORT float', float_model), ('ORT int8', int8_model)):
-        session = ort_session(path, args.threads)
-        fns[name] = lambda session=session: session.run(None, {'input': x_np})
-    lat = median_latency_ms(fns, args.runs)
+    sessions = {name: ort_session(path, args.threads)
+                for name, path in (('ORT float', float_model), ('ORT int8', int8_model))}
+
+    lat, int8_share = {}, {}
+    for side in args.sizes:
+        x, samples = latency_input(cfg, float_model, shape=(side, side))
+        x_np = x.numpy()
+        fns = {'PyTorch eager':
+               lambda x=x, s=samples: torch_model.predict(x, copy.deepcopy(s), rescale=False)}
+        for name, session in sessions.items():
+            fns[name] = lambda session=session, x_np=x_np: session.run(None, {'input': x_np})
+        lat[side] = median_latency_ms(fns, args.runs, warmup=2, rounds=args.rounds)
+        int8_share[side] = int8_conv_fraction(conv_kernels(int8_model, x_np))
+        print(f'{side}x{side}: ' + ', '.join(f'{k} {v:.1f} ms' for k, v in lat[side].items()), flush=True)
 
     maps = {'PyTorch eager': evaluate(cfg, torch_model, paths['deploy_cfg'], num_images=args.num_images,
                                       log=quiet),
             'ORT float': evaluate(cfg, float_model, num_images=args.num_images, log=quiet),
             'ORT int8': evaluate(cfg, int8_model, num_images=args.num_images, log=quiet)}
-    eager = lat['PyTorch eager']
-    rows = ['| backend | latency ms (median) | speed-up vs eager | bbox mAP | mAP_50 |',
+    machine = markdown_line(before)
+
+    n_val = 'all' if args.num_images is None else f'the first {args.num_images}'
+    rows = ['| input | backend | latency ms (median) | vs PyTorch eager | vs ORT float |',
             '|---|---|---|---|---|']
-    for name in lat:
+    for side, row in lat.items():
+        for name in BACKENDS:
+            rows.append(f'| {side}x{side} | {name} | {row[name]:.1f} | '
+                        f'{row["PyTorch eager"] / row[name]:.2f}x | {row["ORT float"] / row[name]:.2f}x |')
+    map_rows = ['| backend | bbox mAP | mAP_50 | mAP loss vs PyTorch (points) |', '|---|---|---|---|']
+    ref = maps['PyTorch eager'].get('coco/bbox_mAP', float('nan'))
+    for name in BACKENDS:
         m = maps[name]
-        rows.append(f'| {name} | {lat[name]:.1f} | {eager / lat[name]:.2f}x | '
-                    f'{m.get("coco/bbox_mAP", float("nan")):.3f} | '
-                    f'{m.get("coco/bbox_mAP_50", float("nan")):.3f} |')
-    speedup = eager / lat['ORT float']
-    n_val = len(glob.glob(osp.join(root, 'val2017', '*.jpg'))) if args.num_images is None \
-        else args.num_images
-    load = os.getloadavg()[0]
+        map_rows.append(f'| {name} | {m.get("coco/bbox_mAP", float("nan")):.3f} | '
+                        f'{m.get("coco/bbox_mAP_50", float("nan")):.3f} | '
+                        f'{100 * (ref - m.get("coco/bbox_mAP", float("nan"))):.1f} |')
+    cmd = (f'.venv/bin/python benchmarks/bench_onnx.py --ckpt {args.ckpt} --threads {args.threads} '
+           f'--runs {args.runs} --rounds {args.rounds} --sizes {" ".join(map(str, args.sizes))} '
+           f'--num-calib {args.num_calib} --calib-method {args.calib_method}')
     text = '\n'.join([
         SECTION, '',
-        f'`.venv/bin/python benchmarks/bench_onnx.py --ckpt {args.ckpt} --threads {args.threads} '
-        f'--runs {args.runs} --num-calib {args.num_calib}` ({datetime.date.today()}; load average '
-        f'{load:.1f} on the 2 cores while it ran).', '',
-        f'Model: {osp.basename(args.config)}, exported end to end (NMS inside, dynamic shapes); '
-        f'int8: ONNX Runtime static QDQ quantization of the convolutions '
-        f'only (per-channel int8 weights, uint8 activations, MinMax over {args.num_calib} train '
-        f'images), post-processing float. Latency: {"x".join(map(str, x.shape))}, {args.threads} threads, '
-        f'end-to-end (network + decoding + NMS). mAP: {n_val} demo val images, the config\'s '
-        f'test pipeline.', '', *rows, '',
-        f'ORT float vs PyTorch eager: **{speedup:.2f}x** (target >= {TARGET_SPEEDUP:.0f}x: '
-        f'{"met" if speedup >= TARGET_SPEEDUP else "NOT met"}); int8 vs float: '
-        f'{lat["ORT float"] / lat["ORT int8"]:.2f}x.', ''])
+        f'`{cmd}` ({datetime.date.today()}).', '', machine, '',
+        f'Model: {osp.basename(args.config)}, exported end to end (NMS inside, dynamic shapes). int8: ONNX '
+        f'Runtime static QDQ quantization of the network (per-channel symmetric int8 weights, uint8 '
+        f'activations, {args.calib_method} ranges over {qinfo["calibration_images"]} train images'
+        f'{", 7-bit weights" if qinfo["reduce_range"] else ""}; {qinfo["quantized"]} nodes int8, the '
+        f"head's output convolutions and the post-processing float). Share of the int8 model's "
+        'convolution multiply-adds that ONNX Runtime runs as int8 kernels: '
+        + ', '.join(f'{100 * v:.1f} % at {k}x{k}' for k, v in int8_share.items()) + '.', '',
+        f'Latency: end to end (network + decoding + NMS), {args.threads} threads, median of {args.runs} '
+        f'runs per backend and size, each backend in blocks of its own over {args.rounds} alternating '
+        'rounds after 2 warm-up runs per block; the first val image resized to each size.', '',
+        *rows, '',
+        f'bbox mAP on {n_val} demo val images at the config\'s input size:', '', *map_rows, ''])
     print(text)
     if args.write:
-        print(f'written to {write_section(text)}')
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 
 if __name__ == '__main__':

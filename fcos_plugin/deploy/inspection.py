@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ['ConvKernel', 'INT8_CONV_OPS', 'conv_kernels', 'int8_conv_fraction', 'op_time_profile']
+__all__ = ['ConvKernel', 'INT8_CONV_OPS', 'conv_kernels', 'int8_conv_fraction', 'op_time_profile',
+           'requantizations']
 
 #: Convolution kernels of ONNX Runtime's optimized graph that compute in int8.
 INT8_CONV_OPS = frozenset({'QLinearConv', 'NhwcQLinearConv', 'ConvInteger'})
@@ -89,6 +90,20 @@ def conv_kernels(model: str, x: np.ndarray, level: str = 'ORT_ENABLE_EXTENDED') 
         macs = int(np.prod(w_shape)) * int(np.prod(spatial)) * int(out_shape[0])
         kernels.append(ConvKernel(n.name, n.op_type, n.op_type in INT8_CONV_OPS, macs))
     return kernels
+
+
+def requantizations(model: str, level: str = 'ORT_ENABLE_EXTENDED') -> int:
+    """``QuantizeLinear`` nodes left in ONNX Runtime's optimized graph of ``model`` other than those of
+    the graph's input: each is a float result quantized again -- an operator between int8 kernels that
+    ran in float (dequantize, float op, quantize). 0 for a network that stays int8 between layers; a
+    conv-only quantization of this detector has one per convolution output that meets a float operator."""
+    import onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        opt_path = osp.join(tmp, 'optimized.onnx')
+        _optimized_graph(model, level, opt_path)
+        graph = onnx.load(opt_path).graph
+    inputs = {i.name for i in graph.input}
+    return sum(n.op_type == 'QuantizeLinear' and n.input[0] not in inputs for n in graph.node)
 
 
 def int8_conv_fraction(kernels: list[ConvKernel]) -> float:
