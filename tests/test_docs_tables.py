@@ -144,12 +144,38 @@ NCHW_ROW = r'\| padded to 32 only \(320x320\) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| (
 NHWC_ROW = r'\| \+ `channels_last` \(`ChannelsLastHook`\) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|'
 
 
+ONNX_LAT = (r'\| {} \| PyTorch eager \| ([\d.]+) \|[^\n]*\n\| {} \| ORT float \| ([\d.]+) \|[^\n]*\n'
+            r'\| {} \| ORT int8 \| ([\d.]+) \| [\d.]+x \| ([\d.]+)x \|')  # ... and int8 vs float
+ONNX_LAT_320, ONNX_LAT_512 = (ONNX_LAT.format(*[f'{s}x{s}'] * 3) for s in (320, 512))
+ONNX_MAPS = r'\| ORT float \| ([\d.]+) \| [\d.]+ \| [\d.]+ \|\n\| ORT int8 \| ([\d.]+) \| [\d.]+ \| [\d.]+ \|'
+ONNX_INT8_VS_FLOAT = ONNX_LAT_320 + r'[\s\S]*?' + ONNX_LAT_512 + r'[\s\S]*?' + ONNX_MAPS
+
+
+def int8_doc_figures(p3, f3, i3, r3, p5, f5, i5, r5, fmap, imap):
+    """(int8 mAP, float mAP, int8 speed-up over float at 320, at 512) as get_started quotes them."""
+    return imap, fmap, r3, r5
+
+
 def speed_up(rt, ri, t, i):
     """(training, inference) speed-ups over FCOS-R50 from the two table rows."""
     return fixed(1, float(t) / float(rt), float(ri) / float(i))
 
 
 QUOTES = [
+    # README / README_zh-CN model table and get_started: ONNX Runtime float / int8 (bench_onnx.py)
+    *[Quote(doc, r'\| 0\.\d+ / 0\.\d+ \| ([\d.]+) \| ([\d.]+) / ([\d.]+) / ([\d.]+) ms \|',
+            ONNX_LAT_320 + r'[\s\S]*?' + ONNX_MAPS, lambda p, f, i, r, fm, im: (im, p, f, i),
+            'demo row: int8 mAP, latency at 320') for doc in (EN, ZH)],
+    *[Quote(doc, r'([\d.]+) / ([\d.]+) / ([\d.]+) ms[）)]', ONNX_LAT_512, lambda p, f, i, r: (p, f, i),
+            'demo model at 512')
+      for doc in (EN, ZH)],
+    Quote('docs/en/get_started.md', r'int8 scores\s+([\d.]+) bbox mAP against the float model\'s ([\d.]+) '
+          r'on the 60 demo val images, and runs\s+([\d.]+)x faster than ONNX Runtime float at 320x320 and '
+          r'([\d.]+)x',
+          ONNX_INT8_VS_FLOAT, int8_doc_figures, 'int8 vs float'),
+    Quote('docs/zh_cn/get_started.md', r'得到 ([\d.]+) bbox mAP，\s*浮点模型为 ([\d.]+)；在 320x320 上比 '
+          r'ONNX Runtime 浮点快 ([\d.]+)x，在 512x512 上快 ([\d.]+)x', ONNX_INT8_VS_FLOAT, int8_doc_figures,
+          'int8 vs float'),
     # README / README_zh-CN: the main command
     Quote(EN, r'it takes ([\d.]+) minutes on 2 CPU cores', RUN_TOTAL, same, 'main command wall time'),
     Quote(ZH, r'在 2 个 CPU 核上耗时 ([\d.]+) 分钟', RUN_TOTAL, same, 'main command wall time'),

@@ -14,7 +14,10 @@ user would run it, each timed:
 5. export   ONNX through MMDeploy (``tools/deploy/export_onnx.py``)
 6. onnx     the ONNX model on the val set with ONNX Runtime (``tools/deploy/test_onnx.py``) and on a
             few val images (``tools/deploy/onnx_infer.py``)
-7. report   training curves from the run's own log, a detection sheet, ``summary.md``/``summary.json``
+7. int8     post-training int8 quantization, calibrated on the train set, evaluated on the val set,
+            and the latency of PyTorch / ONNX float / ONNX int8 on one val image
+            (``tools/deploy/quantize_onnx.py --checkpoint``)
+8. report   training curves from the run's own log, a detection sheet, ``summary.md``/``summary.json``
 
 ``--fresh`` retrains from scratch (the work directory is cleared); data and packages are always
 reused. ``--quick`` is the smoke-test form (a tiny data set and a few iterations, its own data and
@@ -82,6 +85,7 @@ PROGRESS = dict(
     test=r'coco/bbox_mAP:|Error\b|^error',
     export=r'Error\b|^error|^wrote|written',
     onnx=r'bbox_mAP"|Error\b|^error|wrote|written',
+    int8=r'^(model|float|int8|pytorch)\s|Error\b|^error|written',
 )
 
 
@@ -221,7 +225,14 @@ def main(argv=None) -> int:
     stages.run('onnx', 'tools/deploy/onnx_infer.py', onnx_file, *images, '--out-dir', infer_dir, '--force',
                '--score-thr', str(draw_thr), show=PROGRESS['onnx'])
 
-    # 7: report
+    # 7: int8, with the latency of all three on the same val image
+    int8_file = osp.splitext(onnx_file)[0] + '_int8.onnx'
+    stages.run('int8', 'tools/deploy/quantize_onnx.py', args.config, onnx_file, '--out', int8_file,
+               '--checkpoint', ckpt, '--force', '--cfg-options', *data_opts, show=PROGRESS['int8'])
+    with open(osp.splitext(int8_file)[0] + '_report.json') as f:
+        int8_report = json.load(f)
+
+    # 8: report
     t0 = time.perf_counter()
     from fcos_plugin.analysis import detection_sheet, plot_training_curves, training_log
     curve = osp.join(work_dir, 'training_curve.png')
@@ -233,10 +244,16 @@ def main(argv=None) -> int:
 
     summary = dict(
         config=args.config, work_dir=work_dir, data_dir=data_dir, checkpoint=ckpt, onnx=onnx_file,
-        params_m=cost['params_m'], gflops=cost['gflops'], input_size=list(size),
-        bbox_mAP=dict(pytorch=torch_metrics.get('coco/bbox_mAP'), onnx=onnx_metrics.get('coco/bbox_mAP')),
+        int8_onnx=int8_file, params_m=cost['params_m'], gflops=cost['gflops'], input_size=list(size),
+        bbox_mAP=dict(pytorch=torch_metrics.get('coco/bbox_mAP'), onnx=onnx_metrics.get('coco/bbox_mAP'),
+                      onnx_int8=int8_report['int8']['bbox_mAP']),
         bbox_mAP_50=dict(pytorch=torch_metrics.get('coco/bbox_mAP_50'),
-                         onnx=onnx_metrics.get('coco/bbox_mAP_50')),
+                         onnx=onnx_metrics.get('coco/bbox_mAP_50'),
+                         onnx_int8=int8_report['int8']['metrics'].get('coco/bbox_mAP_50')),
+        latency_ms={k: round(int8_report[r]['latency_ms'], 1)
+                    for k, r in (('pytorch', 'pytorch'), ('onnx', 'float'), ('onnx_int8', 'int8'))},
+        latency_input=int8_report['latency']['input_shape'],
+        latency_threads=int8_report['latency']['threads'],
         stage_seconds={k: round(v, 1) for k, v in stages.seconds.items()},
         pictures=dict(detections=sheet, all_detections=show_dirs[-1], onnx_detections=infer_dir,
                       training_curve=curve))
@@ -244,12 +261,15 @@ def main(argv=None) -> int:
         f'# {name}', '',
         f'model: {args.config}, {cost["params_m"]:.2f} M params, {cost["gflops"]:.2f} GFLOPs at '
         f'{size[0]}x{size[1]}', '',
-        '| | PyTorch | ONNX Runtime |', '|---|---|---|',
-        f'| bbox mAP | {summary["bbox_mAP"]["pytorch"]:.3f} | {summary["bbox_mAP"]["onnx"]:.3f} |',
-        f'| bbox mAP_50 | {summary["bbox_mAP_50"]["pytorch"]:.3f} | {summary["bbox_mAP_50"]["onnx"]:.3f} |',
+        '| | PyTorch | ONNX Runtime float | ONNX Runtime int8 |', '|---|---|---|---|',
+        *[f'| {label} | ' + ' | '.join(f'{summary[key][k]:.3f}' for k in ('pytorch', 'onnx', 'onnx_int8'))
+          + ' |' for label, key in (('bbox mAP', 'bbox_mAP'), ('bbox mAP_50', 'bbox_mAP_50'))],
+        f'| latency ms, end to end ({"x".join(map(str, summary["latency_input"][2:]))}, '
+        f'{summary["latency_threads"]} threads) | '
+        + ' | '.join(f'{summary["latency_ms"][k]:.1f}' for k in ('pytorch', 'onnx', 'onnx_int8')) + ' |',
         '', '| stage | wall seconds |', '|---|---|',
         *[f'| {k} | {v:.1f} |' for k, v in summary['stage_seconds'].items()], '',
-        f'- checkpoint: {ckpt}', f'- ONNX model: {onnx_file}',
+        f'- checkpoint: {ckpt}', f'- ONNX model: {onnx_file}', f'- int8 ONNX model: {int8_file}',
         f'- detections (ground truth | prediction): {sheet} (all: {show_dirs[-1]})',
         f'- ONNX Runtime detections: {infer_dir}', f'- training curve: {curve}', '']
     with open(osp.join(work_dir, 'summary.json'), 'w') as f:

@@ -14,7 +14,8 @@ import torch
 
 from ..conftest import REPO
 
-STAGES = ('install', 'data', 'flops', 'train', 'test', 'export', 'onnx', 'report', 'total (after install)')
+STAGES = ('install', 'data', 'flops', 'train', 'test', 'export', 'onnx', 'int8', 'report',
+          'total (after install)')
 
 
 @pytest.fixture(scope='module')
@@ -32,12 +33,22 @@ def test_summary_has_both_maps_params_flops_and_stage_times(quick_run):
     with open(osp.join(work, 'summary.json')) as f:
         summary = json.load(f)
     for key in ('bbox_mAP', 'bbox_mAP_50'):
-        assert set(summary[key]) == {'pytorch', 'onnx'}
+        assert set(summary[key]) == {'pytorch', 'onnx', 'onnx_int8'}
         assert all(isinstance(v, float) for v in summary[key].values()), summary[key]
     with open(osp.join(work, 'test', 'test_metrics.json')) as f:
         assert summary['bbox_mAP']['pytorch'] == json.load(f)['coco/bbox_mAP']
     with open(osp.join(work, 'onnx', 'test_metrics.json')) as f:
         assert summary['bbox_mAP']['onnx'] == json.load(f)['metrics']['coco/bbox_mAP']
+    # int8 and the latencies are quantize_onnx.py's report: the int8 model's mAP, the float model's equal
+    # to test_onnx.py's, and PyTorch / float / int8 timed on the same input
+    with open(osp.splitext(summary['int8_onnx'])[0] + '_report.json') as f:
+        report = json.load(f)
+    assert summary['bbox_mAP']['onnx_int8'] == report['int8']['bbox_mAP']
+    assert report['float']['bbox_mAP'] == summary['bbox_mAP']['onnx']
+    names = (('pytorch', 'pytorch'), ('onnx', 'float'), ('onnx_int8', 'int8'))
+    assert summary['latency_ms'] == {k: round(report[r]['latency_ms'], 1) for k, r in names}
+    assert report['pytorch']['checkpoint'] == summary['checkpoint']
+    assert summary['latency_input'] == report['latency']['input_shape'] == [1, 3, *summary['input_size']]
     assert set(summary['stage_seconds']) == set(STAGES)
     assert all(v >= 0 for v in summary['stage_seconds'].values())
     # params/FLOPs are get_flops.py's own numbers for this config and input size
@@ -55,7 +66,8 @@ def test_summary_has_both_maps_params_flops_and_stage_times(quick_run):
     with open(osp.join(work, 'summary.md')) as f:
         md = f.read()
     assert md.strip() in out
-    assert f'| bbox mAP | {summary["bbox_mAP"]["pytorch"]:.3f} | {summary["bbox_mAP"]["onnx"]:.3f} |' in md
+    assert (f'| bbox mAP | {summary["bbox_mAP"]["pytorch"]:.3f} | {summary["bbox_mAP"]["onnx"]:.3f} | '
+            f'{summary["bbox_mAP"]["onnx_int8"]:.3f} |') in md
 
 
 def test_checkpoint_loads_and_onnx_passes_the_checker(quick_run):
