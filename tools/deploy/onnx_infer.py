@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Detect objects in images with an exported ONNX model -- ONNX Runtime, numpy and OpenCV only.
 
-    python tools/deploy/onnx_infer.py MODEL.onnx IMAGE [IMAGE ...] --out-dir DIR
+    python tools/deploy/onnx_infer.py MODEL.onnx IMAGE|DIR [IMAGE|DIR ...] --out-dir DIR
         [--score-thr T] [--threads N] [--force]
 
 The preprocessing (resize keeping the aspect ratio to the test scale, pad, normalise, BGR->RGB, pad
@@ -9,7 +9,11 @@ to the size divisor) is read from mmdeploy's ``pipeline.json`` next to the model
 from ``export_meta.json`` (both written by ``export_onnx.py``). For every image it writes
 ``DIR/<name>.jpg`` with the boxes drawn, and ``DIR/detections.json`` with the boxes in
 original-image pixels: ``{"images": [{"image", "width", "height", "detections": [{"bbox": [x1, y1,
-x2, y2], "score", "label", "class"}]}]}``.
+x2, y2], "score", "label", "class"}]}], "skipped": [{"image", "error"}]}``.
+
+Images are streamed (one decoded at a time, drawn in place, written before the next is read); an image
+that cannot be read is named on one line and skipped, and ``detections.json`` keeps every good image's
+result (rewritten atomically as they come). Exit status 1 when some were skipped, 2 when none could be.
 
 This file imports no torch and no OpenMMLab package, so it runs where only ``onnxruntime``,
 ``numpy`` and ``opencv-python`` are installed; :class:`OrtDetector` is importable from it.
@@ -23,6 +27,7 @@ import os
 import os.path as osp
 import secrets
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +37,8 @@ import numpy as np
 PIPELINE_FILE = 'pipeline.json'
 META_FILE = 'export_meta.json'
 IGNORED_TRANSFORMS = ('LoadImageFromFile', 'DefaultFormatBundle', 'Collect', 'ImageToTensor')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+JSON_EVERY_S = 2.0  # detections.json is rewritten (atomically) at most this often while images stream
 
 
 class InferError(Exception):
@@ -181,9 +188,9 @@ class OrtDetector:
         return out
 
 
-def draw(img: np.ndarray, detections: Sequence[dict]) -> np.ndarray:
-    """The image with boxes and ``class score`` captions."""
-    canvas = img.copy()
+def draw(img: np.ndarray, detections: Sequence[dict], copy: bool = True) -> np.ndarray:
+    """The image with boxes and ``class score`` captions (drawn in place when ``copy`` is false)."""
+    canvas = img.copy() if copy else img
     thick = max(1, round(max(img.shape[:2]) / 400))
     for det in detections:
         hue = (det['label'] * 0.618034) % 1.0
@@ -205,13 +212,30 @@ def read_image(path: str) -> np.ndarray:
     Raises:
         InferError: missing, unreadable or undecodable file.
     """
-    if not osp.isfile(path):
+    if not osp.exists(path):
         raise InferError(f'image {path}: no such file')
-    buf = np.fromfile(path, np.uint8)
+    if not osp.isfile(path):
+        raise InferError(f'image {path}: not a regular file')
+    try:
+        buf = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise InferError(f'image {path}: cannot read it ({e.strerror})') from None
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
-        raise InferError(f'image {path}: cannot decode it as an image (corrupt or not an image)')
+        raise InferError(f'image {path}: cannot decode it as an image (corrupt, truncated or not an image)')
     return img
+
+
+def collect(paths: Sequence[str]) -> list[str]:
+    """Image files named, or inside the named directories (not recursive, sorted), in order."""
+    files = []
+    for path in paths:
+        if osp.isdir(path):
+            files += [osp.join(path, f) for f in sorted(os.listdir(path))
+                      if f.lower().endswith(IMAGE_EXTENSIONS) and osp.isfile(osp.join(path, f))]
+        else:
+            files.append(path)
+    return files
 
 
 def _write_atomic(path: str, write) -> None:
@@ -240,39 +264,65 @@ def _output_names(images: Sequence[str]) -> list[str]:
 
 
 def run(model: str, images: Sequence[str], out_dir: str, score_thr: float | None = None,
-        threads: int = 0, force: bool = False, log=print) -> dict:
-    """Detect, draw and write; returns what ``detections.json`` holds.
+        threads: int = 0, force: bool = False, log=print, warn=None) -> dict:
+    """Detect, draw and write, one image at a time; returns what ``detections.json`` holds.
 
-    Every image is read and every output name checked before anything is written, so a bad
-    input leaves no partial output.
+    Images are streamed: each is decoded, run, drawn in place and written before the next is read, so
+    memory holds one image whatever their number. An image that cannot be read is named (``warn``, one
+    line) and skipped; ``detections.json`` is rewritten atomically as results come (at most every
+    :data:`JSON_EVERY_S` seconds, and at the end, also when a later error stops the run), so every good
+    image's result is kept. Existing outputs are refused before anything is written, unless ``force``.
     """
+    warn = warn or (lambda s: print(s, file=sys.stderr, flush=True))
     detector = OrtDetector(model, threads)
     if score_thr is not None and score_thr < detector.score_thr:
         log(f'note: the model already drops scores <= {detector.score_thr} (its test_cfg); '
             f'--score-thr {score_thr} cannot bring them back')
-    loaded = [read_image(p) for p in images]
+    images = collect(images)
     names = _output_names(images)
-    outputs = [osp.join(out_dir, n) for n in names] + [osp.join(out_dir, 'detections.json')]
+    json_path = osp.join(out_dir, 'detections.json')
+    outputs = [osp.join(out_dir, n) for n in names] + [json_path]
     existing = [p for p in outputs if osp.exists(p)]
     if existing and not force:
         raise InferError(f'{", ".join(existing)} already exist(s); use --force to overwrite')
-    os.makedirs(out_dir, exist_ok=True)
-    results = []
-    for path, img, name in zip(images, loaded, names):
-        dets = detector(img, score_thr)
-        _write_atomic(osp.join(out_dir, name),
-                      lambda tmp, im=draw(img, dets): cv2.imwrite(tmp, im) or _fail(tmp))
-        results.append(dict(image=osp.abspath(path), width=int(img.shape[1]),
-                            height=int(img.shape[0]), output=name, detections=dets))
-        log(f'{path}: {len(dets)} detections -> {osp.join(out_dir, name)}')
-    summary = dict(model=osp.abspath(model), classes=detector.classes, images=results)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise InferError(f'cannot write to {out_dir} ({e.strerror}); give a writable --out-dir') from None
+    results, skipped = [], []
+    summary = dict(model=osp.abspath(model), classes=detector.classes, images=results, skipped=skipped)
 
     def dump(tmp):
         with open(tmp, 'w') as f:
             json.dump(summary, f, indent=1)
 
-    _write_atomic(outputs[-1], dump)
-    log(f'detections written to {outputs[-1]}')
+    last = time.monotonic()
+    try:
+        for path, name in zip(images, names):
+            try:
+                img = read_image(path)
+            except InferError as e:
+                warn(f'error: {e}; skipped')
+                skipped.append(dict(image=osp.abspath(path), error=str(e)))
+                continue
+            dets = detector(img, score_thr)
+            height, width = img.shape[:2]
+            draw(img, dets, copy=False)
+            _write_atomic(osp.join(out_dir, name), lambda tmp, im=img: cv2.imwrite(tmp, im) or _fail(tmp))
+            del img
+            results.append(dict(image=osp.abspath(path), width=int(width), height=int(height), output=name,
+                                detections=dets))
+            log(f'{path}: {len(dets)} detections -> {osp.join(out_dir, name)}')
+            if time.monotonic() - last >= JSON_EVERY_S:
+                _write_atomic(json_path, dump)
+                last = time.monotonic()
+    finally:  # also on a later error or Ctrl-C: the results so far are kept
+        try:
+            _write_atomic(json_path, dump)
+        except OSError as e:
+            warn(f'error: cannot write {json_path} ({e.strerror})')
+    log(f'detections of {len(results)} image(s) written to {json_path}'
+        + (f'; {len(skipped)} image(s) skipped' if skipped else ''))
     return summary
 
 
@@ -283,7 +333,7 @@ def _fail(path: str):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('model', help='exported .onnx model (with pipeline.json beside it)')
-    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('images', nargs='+', help='image files or directories of them')
     parser.add_argument('--out-dir', required=True, help='directory for pictures and JSON')
     parser.add_argument('--score-thr', type=float,
                         help='keep detections scoring above this (default: all the model returns)')
@@ -292,13 +342,24 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Exit status: 0 when every image was processed, 1 when some were skipped, 2 when none could be."""
     args = parse_args(argv)
-    run(args.model, args.images, args.out_dir, args.score_thr, args.threads, args.force)
+    try:
+        summary = run(args.model, args.images, args.out_dir, args.score_thr, args.threads, args.force)
+    except InferError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:  # the output directory (full, read-only): what was written so far is complete
+        print(f'error: cannot write to {args.out_dir} ({e.strerror or e}); free space or give another '
+              '--out-dir', file=sys.stderr)
+        return 2
+    if summary['skipped']:
+        n = len(summary['skipped'])
+        print(f'error: {n} image(s) skipped (named above)', file=sys.stderr)
+        return 1 if summary['images'] else 2
+    return 0
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except InferError as e:
-        sys.exit(f'error: {e}')
+    sys.exit(main())
