@@ -11,6 +11,22 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_COCO = os.environ.get('FCOS_TINY_COCO', osp.join(REPO, '..', 'shared', 'data', 'tiny_coco'))
 
 
+#: Fixtures that train, export or pack for minutes: a test that uses one is marked ``slow``.
+SLOW_FIXTURES = frozenset({'demo_trained', 'trained_onnx', 'demo_ckpt', 'demo_onnx', 'coco_ckpt', 'coco_onnx',
+                           'tiny_coco_packed', 'qat_trained', 'qat_onnx', 'quick_run'})
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: trains, exports or runs the tools end to end (seconds to '
+                            'minutes each); `pytest -m "not slow"` is the fast inner loop')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def run_tool(*args: str) -> list[str]:
     """The command line for one of the repository's tools, run with this interpreter."""
     return [sys.executable, osp.join(REPO, args[0]), *args[1:]]
