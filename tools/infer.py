@@ -117,12 +117,17 @@ def read_image(path: str, color_type: str = 'color', backend: str = 'cv2'):
 
 def draw(img, labels, scores, bboxes, classes, palette, score_thr: float):
     """Boxes and ``class score`` captions drawn with OpenCV in place on ``img`` (no copy, no figure)."""
+    import colorsys
+
     import cv2
     thick = max(1, round(max(img.shape[:2]) / 400))
     for label, score, (x1, y1, x2, y2) in zip(labels, scores, bboxes):
         if score < score_thr:
             continue
-        rgb = palette[label % len(palette)] if palette else (220, 20, 60)
+        if palette:
+            rgb = palette[label % len(palette)]
+        else:
+            rgb = [255 * c for c in colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.8, 0.95)]
         color = tuple(int(c) for c in rgb[::-1])
         x1, y1, x2, y2 = (int(round(v)) for v in (x1, y1, x2, y2))
         cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
@@ -187,7 +192,10 @@ def main(argv=None) -> int:
         score_thr = inferencer.cfg.get('default_hooks', {}).get('visualization', {}).get('score_thr', 0.3)
     color_type, backend = _loader_args(inferencer.cfg)
     meta = inferencer.model.dataset_meta or {}
-    classes, palette = list(meta.get('classes', [])), list(meta.get('palette') or [])
+    classes, palette = list(meta.get('classes') or []), meta.get('palette')
+    if not (isinstance(palette, (list, tuple)) and all(isinstance(c, (list, tuple)) and len(c) == 3
+                                                         for c in palette)):
+        palette = []  # mmdet's 'random' or none: one colour per label below
 
     done = skipped = 0
 
