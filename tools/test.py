@@ -7,7 +7,8 @@
 Metrics are logged and also written to ``WORK_DIR/test_metrics.json``.
 """
 import argparse
-import json
+import errno
+import logging
 import os
 import os.path as osp
 import sys
@@ -23,7 +24,7 @@ from fcos_plugin.compat import UnsafeCheckpointError
 from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
 from fcos_plugin.engine import CheckpointMismatchError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
-from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts, write_json_atomic
 from fcos_plugin.utils.config_check import ConfigError, check_cfg_option_keys, config_errors_explained
 
 
@@ -49,6 +50,9 @@ def parse_args():
 
 def main():
     args = parse_args()
+    # a log line that cannot be written (full or read-only disk) must not print logging's own traceback:
+    # the write that matters stops the run with one line below
+    logging.raiseExceptions = False
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'error: checkpoint {args.checkpoint} does not exist')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -71,17 +75,67 @@ def main():
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     adapt_cfg_to_machine(cfg)
-    with config_errors_explained(cfg):  # an unregistered type or a wrong argument: its config path, one line
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        if args.out is not None:
-            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        metrics = runner.test()
+    work_dir = osp.abspath(cfg.work_dir)
+    before = set(os.listdir(work_dir)) if osp.isdir(work_dir) else None
+    try:
+        with config_errors_explained(cfg):  # an unregistered type or a wrong argument: its config path
+            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+            if args.out is not None:
+                runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+            metrics = runner.test()
+    except OSError as e:
+        if not _output_error(e, work_dir):
+            raise
+        _remove_new_runs(work_dir, before)  # the log directory this run began: partial, removed
+        raise SystemExit(_output_error_message(e, work_dir, 'the run directory it began was removed')) \
+            from None
     if runner.rank == 0:
         out = osp.join(cfg.work_dir, 'test_metrics.json')
-        with open(out, 'w') as f:
-            json.dump({k: float(v) if isinstance(v, (int, float)) else str(v)
-                       for k, v in (metrics or {}).items()}, f, indent=1)
+        try:  # whole or not at all (was: a 0-byte file on a full disk)
+            write_json_atomic({k: float(v) if isinstance(v, (int, float)) else str(v)
+                               for k, v in (metrics or {}).items()}, out)
+        except OSError as e:
+            if not _output_error(e, work_dir):
+                raise
+            raise SystemExit(_output_error_message(e, osp.dirname(osp.abspath(out)),
+                                                   'the metrics are in the log above; no test_metrics.json '
+                                                   'was left')) from None
         print(f'metrics written to {out}')
+
+
+def _output_error(e: OSError, work_dir: str) -> bool:
+    """A write refused by the file system (full, read-only, no permission), not a bad input file."""
+    if isinstance(e, DiskFullError) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    return e.errno in (errno.EACCES, errno.EPERM) and (
+        not e.filename or osp.abspath(str(e.filename)).startswith(work_dir + os.sep))
+
+
+def _output_error_message(e: OSError, directory: str, kept: str) -> str:
+    """One line: the directory, what happened, what was left, what to do."""
+    if isinstance(e, DiskFullError):
+        what = str(e)
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f'no space left on {directory}'
+        todo = 'free some space there or give another --work-dir'
+    else:
+        what = f'cannot write to {directory} ({e.strerror})'
+        todo = 'give a writable --work-dir'
+    return f'error: {what}; {kept}; {todo}'
+
+
+def _remove_new_runs(work_dir: str, before) -> None:
+    """Remove the timestamped run directories (and the work dir itself) this run created."""
+    import re
+    import shutil
+    if not osp.isdir(work_dir):
+        return
+    if before is None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(work_dir)) - before:
+        if re.fullmatch(r'\d{8}_\d{6}', name):
+            shutil.rmtree(osp.join(work_dir, name), ignore_errors=True)
 
 
 if __name__ == '__main__':

@@ -115,11 +115,18 @@ def test_bad_inputs_get_clear_messages_and_write_nothing(demo_onnx, tiny_coco, t
     out = tmp_path / 'out'
     for args, message in [
             ((str(not_image),), f'image {not_image}: cannot decode it as an image'),
-            ((str(tmp_path / 'missing.jpg'),), 'missing.jpg: no such file')]:
-        proc = infer(demo_onnx, photo, *args, '--out-dir', str(out))
-        assert proc.returncode != 0 and 'Traceback' not in proc.stderr
-        assert proc.stderr.strip().splitlines()[-1] == f'error: {message}' or message in proc.stderr
-        assert not out.exists()  # every image is read before anything is written
+            ((str(tmp_path / 'missing.jpg'),), f'image {tmp_path / "missing.jpg"}: no such file')]:
+        proc = infer(demo_onnx, photo, *args, '--out-dir', str(out), '--force')
+        # the bad one named on one line and skipped, the good one kept, exit 1 saying how many
+        assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+        assert any(line.startswith(f'error: {message}') and line.endswith('; skipped')
+                   for line in proc.stderr.splitlines()), proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == 'error: 1 image(s) skipped (named above)'
+        with open(out / 'detections.json') as f:
+            result = json.load(f)
+        assert [r['image'] for r in result['images']] == [osp.abspath(photo)]
+        assert [r['image'] for r in result['skipped']] == [osp.abspath(args[0])]
+    shutil.rmtree(out)
 
     assert infer(demo_onnx, photo, '--out-dir', str(out)).returncode == 0
     stamp = os.stat(out / 'detections.json').st_mtime_ns
@@ -141,3 +148,33 @@ def test_bad_inputs_get_clear_messages_and_write_nothing(demo_onnx, tiny_coco, t
     proc = infer(str(lone / 'fcos.onnx'), photo, '--out-dir', str(tmp_path / 'o2'))
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert 'pipeline.json' in proc.stderr and 'export_onnx.py' in proc.stderr
+
+
+def test_streams_skips_a_truncated_image_and_keeps_results_before_a_later_failure(demo_onnx, tiny_coco,
+                                                                                   tmp_path):
+    """Issue 16 item 7: a directory is read (was "no such file"), a truncated JPEG in the middle is named on
+    one line and skipped, the images after it are processed, and a later failure (a picture that cannot be
+    written) keeps every earlier result in detections.json (was: every image decoded first, one corrupt
+    image discarded all results)."""
+    src = tmp_path / 'photos'
+    src.mkdir()
+    photos = _photos(tiny_coco, 3)
+    for name, photo in zip(('a', 'c', 'd'), photos):
+        shutil.copy(photo, src / f'{name}.jpg')
+    data = open(photos[0], 'rb').read()
+    (src / 'b.jpg').write_bytes(data[:len(data) // 2])
+    out = tmp_path / 'out'
+    (out / 'd.jpg').mkdir(parents=True)  # the last picture cannot be written
+    proc = infer(demo_onnx, str(src), '--out-dir', str(out), '--force')
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert errors[0] == f'error: image {src / "b.jpg"}: cannot decode it as an image (corrupt, truncated ' \
+                        'or not an image); skipped', errors
+    assert len(errors) == 2 and f'cannot write to {out}' in errors[1], errors
+    with open(out / 'detections.json') as f:
+        result = json.load(f)
+    assert [r['image'] for r in result['images']] == [str(src / 'a.jpg'), str(src / 'c.jpg')]
+    assert all(r['detections'] for r in result['images'])
+    assert [r['image'] for r in result['skipped']] == [str(src / 'b.jpg')]
+    assert cv2.imread(str(out / 'c.jpg')) is not None
+    assert not [p for p in os.listdir(out) if p.startswith('.tmp-')]

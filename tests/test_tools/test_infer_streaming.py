@@ -18,10 +18,9 @@ from ..conftest import REPO, run_tool
 CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
 
 
-@pytest.fixture(scope='module')
-def random_ckpt(tmp_path_factory) -> str:
-    """The demo model, randomly initialised (seed 0), saved as tools/train.py saves checkpoints: no
-    training needed to test the tool's streaming."""
+def save_random_checkpoint(path: str) -> str:
+    """The demo model, randomly initialised (seed 0), saved as tools/train.py saves checkpoints (state_dict
+    and meta.dataset_meta): no training needed to test what the tools do with their inputs and outputs."""
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -33,9 +32,13 @@ def random_ckpt(tmp_path_factory) -> str:
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
-    path = str(tmp_path_factory.mktemp('ckpt') / 'random.pth')
     torch.save(dict(meta=dict(dataset_meta=dict(classes=DEMO_CLASSES)), state_dict=model.state_dict()), path)
     return path
+
+
+@pytest.fixture(scope='module')
+def random_ckpt(tmp_path_factory) -> str:
+    return save_random_checkpoint(str(tmp_path_factory.mktemp('ckpt') / 'random.pth'))
 
 
 def test_truncated_jpeg_is_skipped_and_later_results_are_kept(random_ckpt, tmp_path):

@@ -13,7 +13,11 @@ exports a static model (default deploy config ``detection_onnxruntime_static-512
 Inputs: ``input`` (N, 3, H, W) normalised; outputs ``dets`` (N, K, 5), ``labels`` (N, K).
 """
 import argparse
+import errno
+import os
 import os.path as osp
+import shutil
+import tempfile
 
 from mmengine.config import DictAction
 
@@ -48,13 +52,58 @@ def parse_args():
     return args
 
 
+def _cannot_write(work_dir: str, e: OSError) -> str:
+    """One line naming the directory, what happened and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f'no space left on {work_dir}; the partial outputs were removed; free some space there or '
+                'give another --work-dir')
+    return f'cannot write to {work_dir} ({e.strerror or e}); give a writable --work-dir'
+
+
+def _check_writable(work_dir: str) -> None:
+    """Create ``work_dir`` if needed and a file in it, before minutes of export.
+
+    Raises:
+        DeployError: read-only, not permitted or full; nothing is left behind.
+    """
+    made = []
+    path = osp.abspath(work_dir)
+    while not osp.exists(path):
+        made.append(path)
+        path = osp.dirname(path)
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=work_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        for d in made:  # innermost first: only the empty directories made here
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        raise DeployError(_cannot_write(work_dir, e)) from None
+
+
 def main():
     args = parse_args()
     work_dir = args.work_dir or osp.join(
         'work_dirs', 'deploy', osp.splitext(osp.basename(args.config))[0])
-    export_onnx(args.config, args.ckpt, work_dir, onnx_name=args.onnx_name,
-                deploy_cfg=args.deploy_cfg, shape=args.shape, force=args.force,
-                cfg_options=args.cfg_options)
+    _check_writable(work_dir)
+    before = set(os.listdir(work_dir))
+    try:
+        export_onnx(args.config, args.ckpt, work_dir, onnx_name=args.onnx_name,
+                    deploy_cfg=args.deploy_cfg, shape=args.shape, force=args.force,
+                    cfg_options=args.cfg_options)
+    except OSError as e:
+        ours = not e.filename or osp.abspath(str(e.filename)).startswith(osp.abspath(work_dir) + os.sep)
+        if not (e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+                or e.errno in (errno.EACCES, errno.EPERM) and ours):
+            raise
+        for name in set(os.listdir(work_dir)) - before:  # what this export began: partial, removed
+            path = osp.join(work_dir, name)
+            shutil.rmtree(path, ignore_errors=True) if osp.isdir(path) else os.remove(path)
+        raise DeployError(_cannot_write(work_dir, e)) from None
 
 
 if __name__ == '__main__':
