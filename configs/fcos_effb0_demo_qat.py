@@ -12,7 +12,9 @@ _base_ = './fcos_effb0_demo.py'
 
 model = dict(
     type='QATFCOS',
-    qat_cfg=dict(range_momentum=0.0))
+    qat_cfg=dict(range_momentum=0.0),
+    # every weight comes from the float checkpoint (load_from), not from ImageNet
+    backbone=dict(init_cfg=None))
 load_from = None  # required: --cfg-options load_from=FLOAT_CKPT
 
 max_iters = 100

@@ -33,3 +33,4 @@ def qat_onnx(qat_trained, tmp_path_factory) -> str:
     return export(QAT_CFG, qat_trained['checkpoint'], str(tmp_path_factory.mktemp('qat_onnx')),
                   '--cfg-options', *[f'{s}_dataloader.dataset.data_root={qat_trained["data_root"]}'
                                      for s in ('train', 'val', 'test')])
+
