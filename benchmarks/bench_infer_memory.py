@@ -68,7 +68,7 @@ def random_checkpoint(config: str, path: str) -> str:
 
 
 def peak(cmd: list[str]) -> tuple[float, float, int]:
-    """(peak RSS in MB, wall seconds, exit status) of ``cmd`` under /usr/bin/time -v."""
+    """(peak RSS in MiB, wall seconds, exit status) of ``cmd`` under /usr/bin/time -v."""
     start = time.monotonic()
     proc = subprocess.run(['/usr/bin/time', '-v', *cmd], capture_output=True, text=True, cwd=REPO)
     wall = time.monotonic() - start
@@ -116,7 +116,7 @@ def main() -> None:
                        '--out-dir', osp.join(tmp, f'out_o{n}')]) for d, n in ((one, 1), (many, args.count))]
         for tool, _, n, cmd in runs:
             rss, wall, _ = peak(cmd)
-            print(f'| `{tool}` | {n} | {rss / 1024:.2f} GB | {wall:.0f} s |', flush=True)
+            print(f'| `{tool}` | {n} | {rss / 1024:.2f} GiB | {wall:.0f} s |', flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
