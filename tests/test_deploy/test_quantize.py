@@ -1,10 +1,16 @@
-"""tools/deploy/quantize_onnx.py: int8 convolutions calibrated on the LMDB train set, float
+"""tools/deploy/quantize_onnx.py: the int8 network calibrated on the LMDB train set, float
 post-processing, and a report with the mAP and latency of both models, checked against references.
 
-* **Graph** (:func:`test_int8_graph_quantizes_every_conv_and_nothing_else`): the int8 graph has the float
-  graph's convolutions, same names, each fed by uint8 activations and per-channel int8 weights that
-  dequantize to the float graph's weights (within half a quantization step) and int32 biases; no
-  post-processing op reads a dequantized tensor. Guards what is quantized and how.
+* **Graph** (:func:`test_int8_graph_quantizes_the_network_and_keeps_post_processing_float`): the int8
+  graph has the float graph's convolutions, same names, each fed by uint8 activations; all but the
+  head's outputs with per-channel int8 weights that dequantize to the float graph's weights (within half
+  a quantization step), int32 biases and a quantized output; additions, fusion weights, resize and
+  max-pool read int8 tensors; no post-processing op reads a dequantized tensor.
+* **Kernels** (:func:`test_int8_network_runs_as_fused_int8_kernels`): >= 90 % of the convolution
+  multiply-adds run as int8 kernels in ONNX Runtime's optimized graph, and no float result between them
+  is quantized again (a conv-only quantization requantizes 96 of them).
+* **Accuracy** (:func:`test_int8_map_within_one_point_of_float`): int8 bbox mAP within 1.0 point of
+  the float model's on the demo val set.
 * **Report** (:func:`test_report_equals_reference_evaluations`): on the seeded, trained session
   checkpoint (``demo_trained``, mAP > 0.1, so float and int8 score differently), the report's float
   metrics equal ``tools/deploy/test_onnx.py``'s on the same images and both models' metrics equal an
@@ -34,7 +40,7 @@ from .conftest import DEMO_CFG, data_options, model_cfg
 
 POST_PROCESSING_OPS = ('Sigmoid', 'Sqrt', 'TopK', 'NonMaxSuppression', 'ReduceMax')
 NUM_CALIB = 8
-NUM_IMAGES = 16
+NUM_IMAGES = 40  # the whole val set of the session checkpoint (conftest.LEARN_DATA)
 STATIC_HW = (256, 320)  # not 512x512, not square: (height, width) order matters
 
 
@@ -136,7 +142,22 @@ def _float_conv_params(model: onnx.ModelProto) -> dict:
     return params
 
 
-def test_int8_graph_quantizes_every_conv_and_nothing_else(int8_run):
+def _network_convs(model: onnx.ModelProto) -> tuple[set, set]:
+    """Names of the float graph's convolutions: (network, head outputs). A head output has no
+    convolution after it (what follows is post-processing)."""
+    users = {}
+    for node in model.graph.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    below: dict = {}
+    for node in reversed(model.graph.node):
+        nxt = [u for o in node.output for u in users.get(o, [])]
+        below[node.name] = any(u.op_type == 'Conv' or below[u.name] for u in nxt)
+    convs = [n for n in model.graph.node if n.op_type == 'Conv']
+    return {n.name for n in convs if below[n.name]}, {n.name for n in convs if not below[n.name]}
+
+
+def test_int8_graph_quantizes_the_network_and_keeps_post_processing_float(int8_run):
     assert f'{NUM_CALIB} calibration images' in int8_run['stdout']
     assert int8_run['report']['quantization']['calibration_images'] == NUM_CALIB
     float_model, model = onnx.load(int8_run['model']), onnx.load(int8_run['out'])
@@ -144,17 +165,22 @@ def test_int8_graph_quantizes_every_conv_and_nothing_else(int8_run):
     assert {n.domain for n in model.graph.node} <= {'', 'ai.onnx'}
     assert not [n.op_type for n in model.graph.node if n.op_type.startswith(('QLinear', 'ConvInteger'))]
     expected = _float_conv_params(float_model)
+    network, head_outputs = _network_convs(float_model)
+    assert head_outputs and len(network) > 5 * len(head_outputs)
     convs = [n for n in model.graph.node if n.op_type == 'Conv']
     assert sorted(n.name for n in convs) == sorted(expected)  # every float conv, nothing else
-    assert int8_run['report']['quantization']['quantized'] == len(expected)
     values, producer = _constants(model), {o: n for n in model.graph.node for o in n.output}
     for conv in convs:
-        act, weight, *bias = (producer[i] for i in conv.input)
-        assert act.op_type == weight.op_type == 'DequantizeLinear', conv.name
+        act, weight, *bias = (producer.get(i) for i in conv.input)
+        assert act.op_type == 'DequantizeLinear', conv.name  # every conv reads int8 activations
         assert producer[act.input[0]].op_type == 'QuantizeLinear', conv.name
         assert values[act.input[2]].dtype == np.uint8, conv.name  # activations uint8 ...
-        q, scale, zero = (values[i] for i in weight.input)
         w_float, b_float = expected[conv.name]
+        if conv.name in head_outputs:  # the head's outputs: float weights, float result
+            assert weight is None and np.array_equal(values[conv.input[1]], w_float), conv.name
+            assert all(u.op_type != 'QuantizeLinear' for u in model.graph.node if conv.output[0] in u.input)
+            continue
+        q, scale, zero = (values[i] for i in weight.input)
         assert q.dtype == np.int8 and not zero.any(), conv.name  # ... weights symmetric int8 ...
         assert scale.shape == (w_float.shape[0],), conv.name  # ... one scale per output channel
         step = scale.reshape(-1, 1, 1, 1)
@@ -165,6 +191,15 @@ def test_int8_graph_quantizes_every_conv_and_nothing_else(int8_run):
             q, scale, _ = (values[i] for i in bias[0].input)
             assert q.dtype == np.int32, conv.name
             assert (np.abs(q * scale - b_float) <= 0.5 * scale * (1 + 1e-5)).all(), conv.name
+        # ... and so does what reads its output: the network stays int8 between layers
+        users = [u for u in model.graph.node if conv.output[0] in u.input]
+        assert [u.op_type for u in users] == ['QuantizeLinear'], conv.name
+    # the operators between convolutions (residual and BiFPN additions, fusion weights, resize,
+    # max-pool) read dequantized int8 tensors too
+    between = [n for n in model.graph.node if n.op_type in ('Add', 'Mul', 'Resize', 'MaxPool')
+               and any(producer.get(i) is not None and producer[i].op_type == 'DequantizeLinear'
+                       for i in n.input)]
+    assert len(between) >= sum(n.op_type in ('Resize', 'MaxPool') for n in float_model.graph.node)
     ops = [n.op_type for n in model.graph.node]
     float_ops = [n.op_type for n in float_model.graph.node]
     for op in POST_PROCESSING_OPS:  # scores, top-k and NMS stay float, all of them
@@ -173,6 +208,29 @@ def test_int8_graph_quantizes_every_conv_and_nothing_else(int8_run):
         if node.op_type in POST_PROCESSING_OPS:
             assert all(producer.get(i) is None or producer[i].op_type != 'DequantizeLinear'
                        for i in node.input), node.name
+
+
+def test_int8_network_runs_as_fused_int8_kernels(int8_run):
+    """In ONNX Runtime's optimized graph >= 90 % of the convolution multiply-adds run in int8 kernels
+    (``QLinearConv``), not as float ``Conv`` between dequantize and quantize, and no float result is
+    quantized again between them (a conv-only quantization fuses its convolutions too, but dequantizes
+    and requantizes around every activation, addition, resize and max-pool: 96 times in this detector)."""
+    from fcos_plugin.deploy.inspection import conv_kernels, int8_conv_fraction, requantizations
+    x = np.random.default_rng(0).standard_normal((1, 3, 320, 320)).astype(np.float32)
+    kernels = conv_kernels(int8_run['out'], x)
+    float_kernels = conv_kernels(int8_run['model'], x)
+    # the same convolutions, counted the same way, in both models
+    assert sum(k.macs for k in kernels) == sum(k.macs for k in float_kernels) > 0
+    assert not any(k.int8 for k in float_kernels)
+    fraction = int8_conv_fraction(kernels)
+    assert fraction >= 0.9, (fraction, [(k.name, k.op_type) for k in kernels if not k.int8][:20])
+    assert requantizations(int8_run['out']) == 0
+
+
+def test_int8_map_within_one_point_of_float(int8_run):
+    report = int8_run['report']
+    assert report['float']['bbox_mAP'] > 0.1
+    assert report['int8']['bbox_mAP'] >= report['float']['bbox_mAP'] - 0.010, report
 
 
 def test_report_equals_reference_evaluations(int8_run, tmp_path):
@@ -187,7 +245,6 @@ def test_report_equals_reference_evaluations(int8_run, tmp_path):
         assert report[name]['metrics'] == ref[name][0], name
         assert report[name]['bbox_mAP'] == ref[name][0]['coco/bbox_mAP']
     assert ref['float'][0]['coco/bbox_mAP'] > 0.1
-    assert report['int8']['bbox_mAP'] > 0.5 * report['float']['bbox_mAP']  # int8 still detects
 
     metrics_json = str(tmp_path / 'metrics.json')  # the float model through tools/deploy/test_onnx.py
     proc = subprocess.run(run_tool('tools/deploy/test_onnx.py', DEMO_CFG, model, '--out', metrics_json,
