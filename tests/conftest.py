@@ -1,8 +1,10 @@
 """Shared fixtures: the real tiny COCO subset, packed once per session, and a small demo pack."""
 from __future__ import annotations
 
+import contextlib
 import os
 import os.path as osp
+import subprocess
 import sys
 
 import pytest
@@ -25,6 +27,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
             item.add_marker(pytest.mark.slow)
+
+
+@contextlib.contextmanager
+def tmpfs(path: str, options: str):
+    """A small tmpfs mounted at ``path`` (root only; skips otherwise): a real read-only or full file
+    system (``options`` e.g. ``'ro,size=1m'``, ``'size=12m'``, ``'nr_inodes=7'``), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip('mounting a small tmpfs needs root')
+    os.makedirs(path, exist_ok=True)
+    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', path], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs: {proc.stderr.strip()}')
+    try:
+        yield path
+    finally:
+        if subprocess.run(['umount', path], capture_output=True).returncode != 0:
+            subprocess.run(['umount', '-l', path], capture_output=True)
 
 
 def run_tool(*args: str) -> list[str]:

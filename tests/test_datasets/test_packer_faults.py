@@ -23,7 +23,7 @@ from fcos_plugin.datasets import LmdbFormatError, PackError, load_packed, pack_c
 from fcos_plugin.datasets.coco_packer import _checked_images, max_images_in_flight
 from fcos_plugin.datasets.lmdb_format import IMAGE_KEY_PREFIX, MANIFEST_KEY
 
-from ..conftest import run_tool
+from ..conftest import run_tool, tmpfs
 
 REPEAT = 4  # tiny_coco val (50 images, 8 MB) four times: several commits, about a second to pack
 N_BIG = 50 * REPEAT
@@ -433,26 +433,9 @@ def test_target_that_is_a_file_is_named_and_left_alone(tiny_coco, tmp_path):
 
 
 @contextlib.contextmanager
-def _tmpfs(path: str, options: str):
-    """A small tmpfs mounted at ``path`` (root only): a real read-only or full file system."""
-    if os.geteuid() != 0:
-        pytest.skip('mounting a small tmpfs needs root')
-    os.makedirs(path, exist_ok=True)
-    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', path], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f'cannot mount a tmpfs: {proc.stderr.strip()}')
-    try:
-        yield path
-    finally:
-        if subprocess.run(['umount', path], capture_output=True).returncode != 0:
-            subprocess.run(['umount', '-l', path], capture_output=True)
-
-
-@contextlib.contextmanager
 def _read_only_dir(path: str):
     if os.geteuid() == 0:  # root writes through permission bits: use a read-only file system
-        with _tmpfs(path, 'ro,size=1m') as p:
+        with tmpfs(path, 'ro,size=1m') as p:
             yield p
         return
     os.makedirs(path)
@@ -482,7 +465,7 @@ def test_full_disk_is_named_and_the_previous_pack_survives(tiny_coco, tmp_path):
     --overwrite that runs out of space while committing (liblmdb says only ``mdb_txn_commit:
     Input/output error``) stops with "no space left on <dir>" and what to do, exit 1, no traceback; the
     partial pack is removed and the previous pack is untouched."""
-    with _tmpfs(str(tmp_path / 'small'), 'size=12m') as small:
+    with tmpfs(str(tmp_path / 'small'), 'size=12m') as small:
         r = pack_coco(tiny_coco, small, 'val', **quiet)
         good = _sha(osp.join(r.target, 'data.mdb'))
         proc = subprocess.run(_tool(tiny_coco, small, '--overwrite'), capture_output=True, text=True)

@@ -4,32 +4,12 @@ nothing partial left (were: raw OSError tracebacks, and a 0-byte test_metrics.js
 tmpfs (read-only, or with no inode left for test_metrics.json): root writes through permission bits."""
 from __future__ import annotations
 
-import contextlib
 import os
 import os.path as osp
 import subprocess
 
-import pytest
-
-from ..conftest import REPO, run_tool
+from ..conftest import REPO, run_tool, tmpfs
 from .test_infer_streaming import CFG, save_random_checkpoint
-
-
-@contextlib.contextmanager
-def _tmpfs(path: str, options: str):
-    """A small tmpfs mounted at ``path`` (root only), unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip('mounting a small tmpfs needs root')
-    os.makedirs(path, exist_ok=True)
-    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', path], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f'cannot mount a tmpfs: {proc.stderr.strip()}')
-    try:
-        yield path
-    finally:
-        if subprocess.run(['umount', path], capture_output=True).returncode != 0:
-            subprocess.run(['umount', '-l', path], capture_output=True)
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -41,7 +21,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_export_onnx_to_a_read_only_work_dir(tmp_path):
     ckpt = save_random_checkpoint(str(tmp_path / 'random.pth'))
-    with _tmpfs(str(tmp_path / 'ro'), 'ro,size=1m') as ro:
+    with tmpfs(str(tmp_path / 'ro'), 'ro,size=1m') as ro:
         for work_dir in (ro, osp.join(ro, 'sub')):
             proc = subprocess.run(run_tool('tools/deploy/export_onnx.py', CFG, ckpt, '--work-dir', work_dir),
                                   capture_output=True, text=True, cwd=REPO, timeout=600)
@@ -54,7 +34,7 @@ def test_test_tool_on_a_full_disk_leaves_no_partial_metrics(demo_packed, tmp_pat
     """7 inodes: the config dump, the run's log directory and files fit (measured: 8 with the metrics),
     test_metrics.json does not. Any earlier write failing would give the same one line."""
     ckpt = save_random_checkpoint(str(tmp_path / 'random.pth'))
-    with _tmpfs(str(tmp_path / 'full'), 'size=8m,nr_inodes=7') as full:
+    with tmpfs(str(tmp_path / 'full'), 'size=8m,nr_inodes=7') as full:
         proc = subprocess.run(run_tool('tools/test.py', CFG, ckpt, '--work-dir', full, '--cfg-options',
                                        f'test_dataloader.dataset.data_root={demo_packed}/',
                                        'test_dataloader.dataset.indices=2'),
