@@ -3,12 +3,12 @@
 
 What is quantized is the *network*: every operator from the input up to the head's last convolutions
 -- convolutions, activations, the residual and BiFPN additions and weighted fusions, resize, max-pool,
-concatenation, padding -- so that ONNX Runtime's graph optimizer can run it as one chain of int8
+concatenation -- so that ONNX Runtime's graph optimizer can run it as one chain of int8
 kernels (``QLinearConv``, ``QLinearAdd``, ``QLinearMul``, ...) with no dequantize/quantize round trip
-between layers (:func:`network_nodes`). What stays float: the shape arithmetic of the dynamic padding,
-the post-processing (sigmoid, score, box decoding, top-k, NMS) and, by default, the head's output
-convolutions (``float_head_outputs``: their outputs are the logits and box distances, which HAT also
-keeps float; a measurement in benchmarks/RESULTS.md, "int8", says what they cost).
+between layers (:func:`network_nodes`). What stays float: the int64 shape arithmetic (resize targets,
+point grids), the post-processing (sigmoid, score, box decoding, top-k, NMS) and, by default, the head's
+output convolutions (``float_head_outputs``: their outputs are the logits and box distances, which HAT
+also keeps float; benchmarks/RESULTS.md, "int8: where accuracy and time go", measures what they cost).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def network_nodes(model, float_head_outputs: bool = True, exclude: tuple[str, ..
 
     The network is every node from which a convolution can be reached (and the convolutions); nodes
     after the last convolutions are post-processing. Shape arithmetic (nodes computing from ``Shape``
-    outputs and constants only, e.g. the in-graph "SAME" padding amounts) is left out: it is int64.
+    outputs and constants only, e.g. the BiFPN's resize target sizes) is left out: it is int64.
 
     Args:
         model: the (pre-processed) float model.

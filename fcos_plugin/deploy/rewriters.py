@@ -2,8 +2,8 @@
 
 Two rewrites, each active only inside mmdeploy's export (``RewriterContext``):
 
-* :func:`conv2d_adaptive_padding__forward` -- TensorFlow "SAME" padding computed *in the graph* from
-  the input's shape, so that a dynamic-shape export is right at every input size (below);
+* :func:`conv2d_adaptive_padding__forward` -- TensorFlow "SAME" padding left to the runtime
+  (``auto_pad``), so that a dynamic-shape export is right at every input size (below);
 * :func:`tuned_fcos_head__predict_by_feat` -- the tuned head's own post-processing (further below).
 
 **"SAME" padding.** The stride-2 convolutions of :class:`~fcos_plugin.models.backbones.EffNet`
@@ -14,10 +14,10 @@ export size before the stem: exported at 320, a 512x512 input ran the network on
 lost every object outside it. mmdeploy 1.3.1 rewrites this forward for TensorRT with static shapes only.
 The rewrite below exports each of them as one ONNX ``Conv`` with ``auto_pad='SAME_UPPER'`` -- ONNX's own
 name for exactly this padding, computed by the runtime from the actual input -- for every backend
-without its own rewrite (mmdeploy's TensorRT rewrite stays in force there). An earlier form of the fix,
-``Shape -> arithmetic -> Pad -> Conv``, was right at every size too, but ONNX Runtime's profiler showed
-the ``Pad`` copies and the layout reorders around them among the float model's largest costs after the
-convolutions, and in the int8 model a dequantize/quantize pair around every such ``Pad``.
+without its own rewrite (mmdeploy's TensorRT rewrite stays in force there). Computing the amounts in the
+graph instead (``Shape -> arithmetic -> Pad -> Conv``) is right at every size too, but ONNX Runtime's
+profiler shows the ``Pad`` copies and the layout reorders around them among the float model's largest
+costs after the convolutions, and the int8 model gets a dequantize/quantize pair around every such ``Pad``.
 
 :class:`~fcos_plugin.models.dense_heads.TunedFCOSHead` inherits ``predict_by_feat`` from mmdet's
 ``BaseDenseHead``, for which mmdeploy 1.3.1 registers a rewrite that differs from the PyTorch head in
