@@ -55,7 +55,6 @@ def random_checkpoint(config: str, path: str) -> str:
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    sys.path.insert(0, REPO)
     import fcos_plugin  # noqa: F401
     from fcos_plugin.datasets.demo_data import DEMO_CLASSES
     init_default_scope('mmdet')
