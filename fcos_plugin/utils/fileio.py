@@ -1,7 +1,9 @@
-"""Output files written whole or not at all, and outputs that are kept unless ``--force``.
+"""Output files written whole or not at all, outputs that are kept unless ``--force``, and how a full disk
+is named.
 
 :func:`write_atomic` is the one atomic writer of the package: checkpoints (through
-:mod:`fcos_plugin.compat`'s ``LocalBackend.put``), JSON results, benchmark tables.
+:mod:`fcos_plugin.compat`'s ``LocalBackend.put``), JSON results, benchmark tables. :func:`no_space_left`
+begins every full-disk message, its own and the COCO packer's, with sizes in MiB.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import secrets
 import stat
 from collections.abc import Callable, Sequence
 
-__all__ = ['DiskFullError', 'refuse_existing', 'write_atomic', 'write_json_atomic']
+__all__ = ['DiskFullError', 'disk_space', 'fsync_path', 'is_disk_full', 'mib', 'no_space_left',
+           'refuse_existing', 'write_atomic', 'write_json_atomic']
 
 
 class DiskFullError(OSError):
@@ -35,8 +38,47 @@ def refuse_existing(paths: Sequence[str], force: bool, error: type[Exception] = 
         raise error(f'{", ".join(existing)} already exist(s); use --force to overwrite')
 
 
-def _mb(n: float) -> str:
-    return f'{n / 2**20:.1f} MB'
+def mib(n: float) -> str:
+    """``n`` bytes as messages show sizes: MiB (2**20 bytes), one decimal."""
+    return f'{n / 2**20:.1f} MiB'
+
+
+def disk_space(path: str) -> tuple[int, int] | None:
+    """``(free, total)`` bytes of the file system holding ``path``, free counting what this process may
+    write (root may also fill the blocks reserved for it); None if the file system cannot be asked."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system is full or the quota spent: ``ENOSPC``/``EDQUOT``, or their
+    text where a library passes on only the message (py-lmdb)."""
+    if getattr(exc, 'errno', None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return 'No space left' in text or 'Disk quota' in text
+
+
+def no_space_left(directory: str, doing: str, need: int | None = None) -> str:
+    """``no space left on DIR (F MiB free of T MiB, N MiB needed) while DOING``: the start of every
+    full-disk message, with the sizes that are known."""
+    space = disk_space(directory)
+    free = f'{mib(space[0])} free of {mib(space[1])}' if space is not None else ''
+    needed = f'{mib(need)} needed' if need else ''
+    sizes = ', '.join(filter(None, (free, needed)))
+    return f'no space left on {directory}{f" ({sizes})" if sizes else ""} while {doing}'
+
+
+def fsync_path(path: str) -> None:
+    """``fsync`` a file or a directory (a directory: to make the renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str, write: Callable[[str], object], size: int | None = None) -> None:
@@ -70,36 +112,20 @@ def write_atomic(path: str, write: Callable[[str], object], size: int | None = N
         except FileNotFoundError:
             pass
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            try:
-                st = os.statvfs(directory)
-                free = f'{_mb(st.f_bavail * st.f_frsize)} free of {_mb(st.f_blocks * st.f_frsize)}'
-            except OSError:
-                free = ''
-            needed = f'{_mb(size)} needed' if size is not None else ''
-            sizes = ', '.join(filter(None, (free, needed)))
+        if isinstance(e, OSError) and is_disk_full(e):
             kept = 'its previous version is unchanged' if osp.exists(target) else 'nothing was written'
-            raise DiskFullError(e.errno, f'no space left on {directory}{f" ({sizes})" if sizes else ""} '
-                                f'while writing {name}: {kept}, the partial file was removed '
-                                f'[{e.strerror}]') from None
+            raise DiskFullError(e.errno, f'{no_space_left(directory, f"writing {name}", size)}: {kept}, '
+                                f'the partial file was removed [{e.strerror or e}]') from None
         raise
     try:  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(directory)
     except OSError:
         pass
 
