@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from fcos_plugin.datasets import LmdbFormatError, PackError, load_packed, pack_coco
-from fcos_plugin.datasets.coco_packer import _checked_images, max_images_in_flight
 from fcos_plugin.datasets.lmdb_format import IMAGE_KEY_PREFIX, MANIFEST_KEY
+from fcos_plugin.datasets.packing.workers import checked_images, max_images_in_flight
 
 from ..conftest import run_tool, tmpfs
 
@@ -276,7 +276,7 @@ def test_workers_read_a_bounded_number_of_images_ahead(tmp_path):
     bound = max_images_in_flight(2)
     assert bound * 4 < len(images)
     worst = consumed = 0
-    for im, data, problem, _ in _checked_images(img_dir, images, 2, pool_factory=CountingPool):
+    for im, data, problem, _ in checked_images(img_dir, images, 2, pool_factory=CountingPool):
         assert problem is None and data and im['id'] == consumed  # in order, every image read
         worst = max(worst, submitted[0] - consumed)
         consumed += 1
