@@ -20,7 +20,7 @@ makes mmdeploy's exports use the TorchScript exporter -- only inside mmdeploy's 
 """
 from .. import compat
 from .checks import check_checkpoint, check_input_shape, check_onnx_model, onnx_input_dims
-from .common import DeployError, ensure_free, init_scope, write_json_atomic
+from .common import DeployError, ensure_free, init_scope
 from .configs import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, deploy_cfg_for, load_deploy_cfg, load_model_cfg
 from .data import build_dataloader
 from .evaluation import evaluate, latency_input, median_latency_ms, onnx_latency_ms, ort_session
@@ -35,5 +35,5 @@ __all__ = [
     'check_input_shape', 'check_onnx_model', 'DEFAULT_DEPLOY_CFG', 'deploy_cfg_for', 'DeployError',
     'ensure_free', 'evaluate', 'EXPORT_CFG_KEY', 'export_onnx', 'init_scope', 'latency_input',
     'load_deploy_cfg', 'load_model_cfg', 'median_latency_ms', 'network_nodes', 'onnx_input_dims',
-    'onnx_latency_ms', 'ort_session', 'quantize_int8', 'STATIC_DEPLOY_CFG', 'write_json_atomic'
+    'onnx_latency_ms', 'ort_session', 'quantize_int8', 'STATIC_DEPLOY_CFG'
 ]

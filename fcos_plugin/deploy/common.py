@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..utils import refuse_existing
-from ..utils import write_json_atomic as _write_json_atomic
 
-__all__ = ['DEPLOY_CFG_FILE', 'DeployError', 'Log', 'META_FILE', 'SDK_FILES', 'ensure_free', 'init_scope',
-           'write_json_atomic']
+__all__ = ['DEPLOY_CFG_FILE', 'DeployError', 'Log', 'META_FILE', 'SDK_FILES', 'ensure_free', 'init_scope']
 
 #: Files mmdeploy's ``export2SDK`` writes next to the model.
 SDK_FILES = ('deploy.json', 'pipeline.json', 'detail.json')
@@ -35,13 +33,3 @@ def init_scope() -> None:
 def ensure_free(paths: Sequence[str], force: bool) -> None:
     """Raise :class:`DeployError` naming the ``paths`` that exist, unless ``force``."""
     refuse_existing(paths, force, DeployError)
-
-
-def write_json_atomic(obj, path: str, force: bool = False) -> None:
-    """Write JSON to ``path`` through a temporary file in the same directory (no partial files).
-
-    Raises:
-        DeployError: ``path`` exists and ``force`` is False.
-    """
-    ensure_free([path], force)
-    _write_json_atomic(obj, path)

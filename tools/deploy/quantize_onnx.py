@@ -36,7 +36,6 @@ from fcos_plugin.deploy import (
     ensure_free,
     load_model_cfg,
     quantize_int8,
-    write_json_atomic,
 )
 from fcos_plugin.deploy.evaluation import (
     evaluate,
@@ -45,6 +44,7 @@ from fcos_plugin.deploy.evaluation import (
     onnx_latency_fns,
     pytorch_model,
 )
+from fcos_plugin.utils import write_json_atomic
 
 LATENCY_THREADS = 2
 LATENCY_RUNS = 10
@@ -111,10 +111,11 @@ def main():
           f'({"x".join(map(str, shape))}, {LATENCY_THREADS} threads)')
     for name, row in rows.items():
         print(f'{name:8s} {row.get("bbox_mAP", "-")!s:>9s} {row["latency_ms"]:11.1f}')
+    ensure_free([report], args.force)  # checked before the evaluation too; another run may have written it
     write_json_atomic(dict(quantization=info,
                            latency=dict(input_shape=shape, image=samples[0].img_path,
                                         threads=LATENCY_THREADS, runs=LATENCY_RUNS),
-                           **rows), report, force=args.force)
+                           **rows), report)
     print(f'report written to {report}')
 
 

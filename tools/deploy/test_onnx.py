@@ -15,8 +15,9 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from fcos_plugin.deploy import DeployError, ensure_free, load_model_cfg, write_json_atomic
+from fcos_plugin.deploy import DeployError, ensure_free, load_model_cfg
 from fcos_plugin.deploy.evaluation import evaluate
+from fcos_plugin.utils import write_json_atomic
 
 
 def parse_args():
@@ -41,8 +42,9 @@ def main():
     metrics = evaluate(cfg, args.model, args.deploy_cfg, num_images=args.num_images,
                        batch_size=args.batch_size)
     print(json.dumps(metrics, indent=1))
+    ensure_free([out], args.force)  # and again after: another run may have written it meanwhile
     write_json_atomic(dict(config=osp.abspath(args.config), model=osp.abspath(args.model),
-                           metrics=metrics), out, force=args.force)
+                           metrics=metrics), out)
     print(f'metrics written to {out}')
 
 
