@@ -1,7 +1,9 @@
 """Checks of what goes into and comes out of an export, each raising :class:`DeployError` with a message
 that names the file and what to do:
 
-* :func:`check_checkpoint` -- the checkpoint holds exactly the model's weights (mmengine's strict load);
+* :func:`check_checkpoint` -- the checkpoint holds exactly the model's weights (mmengine's strict load;
+  what does not fit is named by :func:`fcos_plugin.utils.checkpoint.checkpoint_diff`, the diff
+  ``CheckpointFitsModelHook`` judges checkpoints by too);
 * :func:`check_onnx_model` -- a valid ONNX model of standard operators only;
 * :func:`onnx_input_dims` / :func:`check_input_shape` -- the input size of an exported model against its
   deploy config and ``export_meta.json``.
@@ -10,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os.path as osp
-import re
 
 import torch
 from mmengine.config import Config
 
-from ..utils import abbreviate_keys, state_dict_diff
+from ..utils import abbreviate_keys
+from ..utils.checkpoint import REVISE_KEYS, checkpoint_diff
 from ..utils.config_check import num_classes_problem
 from .common import DEPLOY_CFG_FILE, META_FILE, DeployError
 from .configs import static_input_shape
@@ -24,8 +26,6 @@ __all__ = ['check_checkpoint', 'check_input_shape', 'check_onnx_model', 'onnx_in
 
 #: ONNX domains of standard operators.
 STANDARD_DOMAINS = ('', 'ai.onnx')
-#: What mmengine's loader does to checkpoint keys by default (weights saved from a DDP-wrapped model).
-REVISE_KEYS = [(r'^module\.', '')]
 
 
 def check_checkpoint(model: torch.nn.Module, checkpoint: str, config_name: str = '') -> dict:
@@ -64,12 +64,8 @@ def check_checkpoint(model: torch.nn.Module, checkpoint: str, config_name: str =
     try:
         _load_checkpoint_to_model(model, ckpt, strict=True, revise_keys=REVISE_KEYS)
     except RuntimeError:  # mmengine lists every key in one line: count and abbreviate them instead
-        for pattern, replacement in REVISE_KEYS:
-            state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
-        own = model.state_dict()
-        missing, unexpected, mismatched = state_dict_diff(
-            own, state, may_be_missing=lambda key: key.endswith('num_batches_tracked'))
-        mismatched = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched]
+        missing, unexpected, mismatched = checkpoint_diff(model, ckpt)
+        mismatched = [f'{k} {a} vs {b}' for k, a, b in sorted(mismatched)]
         parts = [f'{what} ({len(keys)}): {abbreviate_keys(keys)}' for what, keys in (
             ('missing keys', missing), ('unexpected keys', unexpected),
             ('shape mismatches, checkpoint vs model', mismatched)) if keys]

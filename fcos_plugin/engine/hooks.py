@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from mmdet.engine.hooks import CheckInvalidLossHook
@@ -10,6 +9,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from ..utils.checkpoint import checkpoint_fit, shape_mismatches
 from ..utils.config_check import ConfigError, num_classes_problem
 
 __all__ = ['ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
@@ -162,29 +162,6 @@ class CheckpointMismatchError(ValueError):
     user)."""
 
 
-def checkpoint_fit(model: torch.nn.Module, checkpoint: dict) -> tuple[list[str], list[str], int]:
-    """Which of ``model``'s weights ``checkpoint`` would fill, counted as mmengine's ``load_state_dict``
-    counts missing keys when the Runner loads it: its ``state_dict`` (or the dict itself), keys revised
-    by the Runner's default ``^module.`` -> ``''``, the model unwrapped from DDP, BatchNorm's
-    ``num_batches_tracked`` not counted; a tensor of the same name but another shape is not loaded
-    either (torch reports it as a size mismatch), so it counts as missing here.
-
-    Returns:
-        (found, missing, unexpected count): model keys the checkpoint fills, model keys it does not, and
-        how many of its own keys the model does not have.
-    """
-    model = model.module if is_model_wrapper(model) else model
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
-    state = {re.sub(r'^module.', '', k): v for k, v in state.items()} if isinstance(state, dict) else {}
-    own = {k: v for k, v in model.state_dict().items() if 'num_batches_tracked' not in k}
-    found = [k for k, v in own.items()
-             if isinstance(state.get(k), torch.Tensor) and state[k].shape == v.shape]
-    found_keys = set(found)
-    missing = [k for k in own if k not in found_keys]
-    unexpected = sum(1 for k in state if k not in own and 'num_batches_tracked' not in k)
-    return found, missing, unexpected
-
-
 @HOOKS.register_module()
 class CheckpointFitsModelHook(Hook):
     """Refuse a checkpoint that is not the model's: fewer than ``min_fraction`` (default: half) of the
@@ -230,17 +207,6 @@ class CheckpointFitsModelHook(Hook):
                 f'{name}: {len(mismatched)} of its tensors have another shape than the model\'s ({shown}) '
                 f'and would be left random.{trained} Nothing was evaluated; use the config the checkpoint '
                 'was trained with.')
-
-
-def shape_mismatches(model: torch.nn.Module, checkpoint: dict) -> list[tuple[str, tuple, tuple]]:
-    """``(key, checkpoint shape, model shape)`` of the tensors ``checkpoint`` and ``model`` both have
-    (keys revised as :func:`checkpoint_fit` revises them) with different shapes."""
-    model = model.module if is_model_wrapper(model) else model
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
-    state = {re.sub(r'^module.', '', k): v for k, v in state.items()} if isinstance(state, dict) else {}
-    own = model.state_dict()
-    return [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
-            if isinstance(v, torch.Tensor) and k in own and v.shape != own[k].shape]
 
 
 class NumClassesMismatchError(ConfigError):
