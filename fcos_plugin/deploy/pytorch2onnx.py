@@ -3,6 +3,11 @@
 files (``deploy.json``, ``pipeline.json``, ``detail.json``), plus ``deploy_cfg.py`` (the deploy config
 actually used) and ``export_meta.json`` (class names, shapes, operators). Files are written into a
 temporary directory and renamed into place, so an interrupted export leaves nothing half-written.
+
+The model is built once, as mmdeploy builds it (``build_pytorch_model``), loaded strictly
+(:func:`~fcos_plugin.deploy.checks.check_checkpoint`) and handed to mmdeploy's ``export`` with the input
+and the rewriter context ``torch2onnx`` would give it (:func:`_torch2onnx`), so the graph is the one
+``torch2onnx`` writes.
 """
 from __future__ import annotations
 
@@ -24,12 +29,6 @@ from .configs import load_deploy_cfg, load_model_cfg, static_input_shape
 from .rewriters import EXPORT_CFG_KEY
 
 __all__ = ['export_onnx']
-
-
-def _build_model(model_cfg: Config) -> torch.nn.Module:
-    from mmdet.registry import MODELS
-    init_scope()
-    return MODELS.build(copy.deepcopy(model_cfg.model))
 
 
 def _class_names(model_cfg: Config, meta: dict, num_classes: int) -> list[str]:
@@ -67,6 +66,34 @@ def _pipeline_shapes(model_cfg: Config, deploy_cfg: Config) -> dict:
     return dict(pipeline_img_shape=list(img_shape), pipeline_input_shape=list(input_shape))
 
 
+def _torch2onnx(task, model: torch.nn.Module, img: np.ndarray, work_dir: str, save_file: str,
+                deploy_cfg: Config) -> None:
+    """mmdeploy 1.3.1's ``apis.torch2onnx`` for a model already built and loaded: the same dummy input
+    (``task.create_input`` through the model's data preprocessor) and the same call of mmdeploy's
+    ``apis.onnx.export``, whose ``RewriterContext`` applies the deploy config's rewriters."""
+    from mmdeploy.apis.core.pipeline_manager import no_mp
+    from mmdeploy.apis.onnx import export
+    from mmdeploy.utils import Backend, get_backend, get_dynamic_axes, get_input_shape, get_onnx_config
+
+    data, inputs = task.create_input(img, get_input_shape(deploy_cfg),
+                                     data_preprocessor=getattr(model, 'data_preprocessor', None))
+    if isinstance(inputs, list) and len(inputs) == 1:
+        inputs = inputs[0]
+    onnx_cfg = get_onnx_config(deploy_cfg)
+    backend = get_backend(deploy_cfg).value
+    names = onnx_cfg['input_names'] + onnx_cfg['output_names']
+    with no_mp():
+        export(model, inputs, input_metas=dict(data_samples=data['data_samples'], mode='predict'),
+               output_path_prefix=osp.join(work_dir, osp.splitext(osp.basename(save_file))[0]),
+               backend=backend, input_names=onnx_cfg['input_names'], output_names=onnx_cfg['output_names'],
+               context_info=dict(deploy_cfg=deploy_cfg), opset_version=onnx_cfg.get('opset_version', 11),
+               dynamic_axes=get_dynamic_axes(deploy_cfg, names),
+               verbose=not onnx_cfg.get('strip_doc_string', True) or onnx_cfg.get('verbose', False),
+               keep_initializers_as_inputs=onnx_cfg.get('keep_initializers_as_inputs', True),
+               # mmdeploy: ncnn needs exact blob counts, which the onnx optimizer's merging breaks
+               optimize=onnx_cfg.get('optimize', False) and backend != Backend.NCNN.value)
+
+
 def export_onnx(config: str | Config,
                 checkpoint: str,
                 work_dir: str,
@@ -96,7 +123,7 @@ def export_onnx(config: str | Config,
     returns ``dets`` (N, K, 5) ``x1y1x2y2`` + score in input pixels and ``labels`` (N, K); rows with
     score 0 are padding.
     """
-    from mmdeploy.apis import torch2onnx
+    from mmdeploy.apis import build_task_processor
     from mmdeploy.backend.sdk.export_info import export2SDK
 
     if osp.basename(onnx_name) != onnx_name or not onnx_name.endswith('.onnx'):
@@ -109,13 +136,14 @@ def export_onnx(config: str | Config,
     outputs = [osp.join(work_dir, n) for n in (onnx_name, *SDK_FILES, META_FILE, DEPLOY_CFG_FILE)]
     ensure_free(outputs, force)
 
-    model = _build_model(model_cfg)
+    # create_input edits the task's model config (its test pipeline) in place: the task gets a copy
+    task = build_task_processor(copy.deepcopy(model_cfg), deploy_cfg, 'cpu')
+    model = task.build_pytorch_model()  # as torch2onnx builds it; the weights are loaded strictly below
     meta = check_checkpoint(model, checkpoint, str(model_cfg.filename or config))
     num_classes = model.bbox_head.num_classes
     if type(model.bbox_head).__name__ != 'TunedFCOSHead':
         log(f'warning: {type(model.bbox_head).__name__} is exported with mmdeploy\'s stock '
             'post-processing, whose score threshold semantics can differ from PyTorch\'s')
-    del model
     shapes = _pipeline_shapes(model_cfg, deploy_cfg)
     deploy_cfg[EXPORT_CFG_KEY] = shapes
     min_size = (model_cfg.model.get('test_cfg') or {}).get('min_bbox_size', -1)
@@ -132,8 +160,7 @@ def export_onnx(config: str | Config,
         log(f'exporting {checkpoint} -> {osp.join(work_dir, onnx_name)} '
             f'({"static " + "x".join(map(str, input_shape[::-1])) if input_shape else "dynamic"})')
         t0 = time.time()
-        # torch2onnx edits the model config's test pipeline in place: give it a copy
-        torch2onnx(dummy, tmp, onnx_name, deploy_cfg, copy.deepcopy(model_cfg), checkpoint, 'cpu')
+        _torch2onnx(task, model, dummy, tmp, onnx_name, deploy_cfg)
         ops = check_onnx_model(osp.join(tmp, onnx_name))
         export2SDK(deploy_cfg, copy.deepcopy(model_cfg), tmp, pth=osp.abspath(checkpoint),
                    device='cpu')

@@ -86,6 +86,28 @@ print('rewriters loaded:', 'fcos_plugin.deploy' in sys.modules)
     assert 'Sqrt' in ops and 'NonMaxSuppression' in ops
 
 
+def test_the_graph_is_mmdeploys_torch2onnx_graph(tmp_path):
+    """export_onnx builds and loads the model once and hands it to mmdeploy's ``export`` as mmdeploy's
+    ``torch2onnx`` would: with the deploy config it writes beside the model, ``torch2onnx`` (which builds and
+    loads the model itself) gives the same graph, node for node and weight for weight."""
+    from mmdeploy.apis import torch2onnx
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    from fcos_plugin.deploy import export_onnx, init_scope
+    init_scope()
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(DEMO_CFG).model)
+    ckpt = str(tmp_path / 'weights.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)  # tensors only: any loader reads it
+    paths = export_onnx(DEMO_CFG, ckpt, str(tmp_path / 'ours'), onnx_name='m.onnx', log=lambda s: None)
+    dummy = np.random.RandomState(0).randint(0, 256, (480, 640, 3), np.uint8)  # export_onnx's input
+    torch2onnx(dummy, str(tmp_path / 'mmdeploy'), 'm.onnx', paths['deploy_cfg'], DEMO_CFG, ckpt, 'cpu')
+    ours, theirs = (onnx.load(str(tmp_path / d / 'm.onnx')).graph for d in ('ours', 'mmdeploy'))
+    assert [(n.op_type, n.name) for n in ours.node] == [(n.op_type, n.name) for n in theirs.node]
+    assert ours.SerializeToString() == theirs.SerializeToString()
+
+
 @pytest.mark.parametrize('shape', [(1, 3, 512, 512), (1, 3, 480, 640), (2, 3, 384, 384)])
 def test_dynamic_graph_runs_in_onnx_runtime(demo_onnx, shape):
     dets, labels = _run(_session(demo_onnx), shape)
