@@ -225,6 +225,30 @@ def test_unsupported_deploy_configs_are_refused(tmp_path):
         load_deploy_cfg(str(tmp_path / 'missing.py'))
 
 
+def test_backend_table_names_the_supported_backends(tmp_path):
+    """DEPLOY_BACKENDS is the one place a backend is known: an unknown backend's deploy config is refused
+    naming it and listing the supported ones; the entry's configs and make_static are what the defaults
+    and ``shape`` give."""
+    from fcos_plugin.deploy import DeployError, load_deploy_cfg
+    from fcos_plugin.deploy.configs import DEFAULT_BACKEND, DEPLOY_BACKENDS
+    assert list(DEPLOY_BACKENDS) == ['onnxruntime'] == [DEFAULT_BACKEND]
+    path = tmp_path / 'openvino.py'
+    path.write_text(f"_base_ = ['{osp.join(REPO, 'configs', 'deploy', '_base_onnxruntime.py')}']\n"
+                    "backend_config = dict(type='openvino')\n")
+    with pytest.raises(DeployError) as info:
+        load_deploy_cfg(str(path))
+    assert "backend_config.type is 'openvino'" in str(info.value)
+    assert "Supported: backends ONNX Runtime ('onnxruntime')" in str(info.value)
+    onnxruntime = DEPLOY_BACKENDS['onnxruntime']
+    assert load_deploy_cfg().filename == onnxruntime.dynamic_cfg
+    static = load_deploy_cfg(shape=(256, 384))
+    assert static.filename == onnxruntime.static_cfg
+    assert static.onnx_config.input_shape == [384, 256] and 'dynamic_axes' not in static.onnx_config
+    dynamic_made_static = load_deploy_cfg(onnxruntime.dynamic_cfg, shape=(256, 384))
+    assert dynamic_made_static.onnx_config.input_shape == [384, 256]
+    assert 'dynamic_axes' not in dynamic_made_static.onnx_config
+
+
 def test_existing_outputs_need_force(demo_packed, demo_ckpt, demo_onnx):
     from fcos_plugin.deploy import DeployError, export_onnx
     before = _digest(demo_onnx)
