@@ -73,18 +73,40 @@ def plot_training_curves(scalars: str, out: str, title: str = '') -> None:
     plt.close(fig)
 
 
-def detection_sheet(pictures: Sequence[str], out: str) -> np.ndarray:
-    """Stack pictures (e.g. ``tools/test.py --show-dir``'s ground truth | prediction pairs) into one
-    image, top to bottom; returns it (BGR)."""
+def detection_sheet(pictures: Sequence[str], out: str, width: int | None = None, columns: int = 1,
+                    jpeg_quality: int = 95) -> np.ndarray:
+    """Put pictures (e.g. ``tools/test.py --show-dir``'s ground truth | prediction pairs) into one image,
+    in the given order, ``columns`` per row, top to bottom; returns it (BGR).
+
+    ``width``: scale each picture to this many pixels wide first (aspect ratio kept; photos of
+    different sizes then line up); otherwise narrower pictures are padded white to the widest."""
     import cv2
     if not pictures:
         raise ValueError('detection_sheet: no pictures given')
-    tiles = [cv2.imread(p) for p in pictures]
-    width = max(t.shape[1] for t in tiles)
-    tiles = [cv2.copyMakeBorder(t, 0, 4, 0, width - t.shape[1], cv2.BORDER_CONSTANT, value=(255,) * 3)
-             for t in tiles]
-    sheet = np.concatenate(tiles, axis=0)
-    if not cv2.imwrite(out, sheet):
+    if columns < 1 or width is not None and width < 1:
+        raise ValueError(f'detection_sheet: columns ({columns}) and width ({width}) must be >= 1')
+    tiles = []
+    for p in pictures:
+        tile = cv2.imread(p)
+        if tile is None:
+            raise OSError(f'detection_sheet: cannot read {p}')
+        if width is not None and tile.shape[1] != width:
+            height = max(1, round(tile.shape[0] * width / tile.shape[1]))
+            tile = cv2.resize(tile, (width, height),
+                              interpolation=cv2.INTER_AREA if width < tile.shape[1] else cv2.INTER_LINEAR)
+        tiles.append(tile)
+    tile_width = max(t.shape[1] for t in tiles)
+    rows = []
+    for start in range(0, len(tiles), columns):
+        row = tiles[start:start + columns]
+        row_height = max(t.shape[0] for t in row)
+        row = [cv2.copyMakeBorder(t, 0, row_height - t.shape[0] + 4, 0, tile_width - t.shape[1]
+                                  + (4 if columns > 1 else 0), cv2.BORDER_CONSTANT, value=(255,) * 3)
+               for t in row]
+        row += [np.full_like(row[0], 255)] * (min(columns, len(tiles)) - len(row))
+        rows.append(np.concatenate(row, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    if not cv2.imwrite(out, sheet, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
         raise OSError(f'could not write {out}')
     return sheet
 
