@@ -127,6 +127,9 @@ SEP_ROW = r'\| fcos_effb0-sep \| [\d./ ]+ \| [\d./ ]+ \| [\d./ ]+ \| ([\d.]+) M 
 LEVELS = r'(\d+)% of the\s+positives are on P3, (\d+)% on P4, (\d+)% on P5'
 AP_SIZES = r'\(AP small ([\d.]+), medium ([\d.]+), large ([\d.]+)\)'
 SPEED_ROW = r'\| {} \| ([\d.]+) \| ([\d.]+) \|'
+RACCOON_MAP = r'`tools/test.py` on `iter_300.pth`: bbox mAP \*\*([\d.]+)\*\*'
+RACCOON_TRAIN = (r'\| train \(`tools/train.py`, 300 iterations x 8 images, 6 validations\) '
+                 r'\| [\d.]+ \(([\d.]+) min\) \|')
 
 
 DATASET_SCALE = (r'118,287 images \(64x64 JPEGs\), ([\d,]+) boxes[\s\S]*?'
@@ -212,6 +215,13 @@ QUOTES = [
                       r'(\d+)% 的\s+正样本在 P3，(\d+)% 在 P4，(\d+)% 在 P5'))],
     *[Quote(doc, r'AP small ([\d.]+)[,，]\s*medium ([\d.]+)[,，]\s*large ([\d.]+)', AP_SIZES, same,
             'AP by size') for doc in ('docs/en/custom_dataset.md', 'docs/zh_cn/custom_dataset.md')],
+    # own data docs: the raccoon example's run (test mAP, training minutes)
+    *[Quote(doc, q, RACCOON_MAP, same, 'raccoon test mAP')
+      for doc, q in (('docs/en/custom_dataset.md', r'\*\*([\d.]+) bbox mAP\*\* on the 40 val photos'),
+                     ('docs/zh_cn/custom_dataset.md', r'在 40 张验证照片上为 \*\*([\d.]+) bbox mAP\*\*'))],
+    *[Quote(doc, q, RACCOON_TRAIN, same, 'raccoon training minutes')
+      for doc, q in (('docs/en/custom_dataset.md', r'`tools/train.py` took ([\d.]+) minutes'),
+                     ('docs/zh_cn/custom_dataset.md', r'`tools/train.py` 耗时 ([\d.]+) 分钟'))],
     # config comments
     Quote('configs/fcos_effb0_demo.py', r'NHWC convolutions: ([\d.]+)x faster per iteration',
           NCHW_ROW + r'[\s\S]*?' + NHWC_ROW, lambda nchw, nhwc: fixed(2, float(nchw) / float(nhwc)),
