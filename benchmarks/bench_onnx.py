@@ -59,24 +59,24 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     before = machine_facts()
-    from mmdeploy.apis import build_task_processor
-
-    from fcos_plugin.deploy import export_onnx, init_scope, load_deploy_cfg, load_model_cfg, quantize_int8
-    from fcos_plugin.deploy.evaluation import evaluate, latency_input, median_latency_ms, ort_session
+    from fcos_plugin.deploy import export_onnx, load_model_cfg, quantize_int8
+    from fcos_plugin.deploy.evaluation import (
+        evaluate,
+        latency_input,
+        median_latency_ms,
+        ort_session,
+        pytorch_model,
+    )
     from fcos_plugin.deploy.inspection import conv_kernels, int8_conv_fraction
     torch.set_num_threads(args.threads)
-    init_scope()
-    root = osp.abspath(args.data_root)
-    cfg = load_model_cfg(args.config, {f'{s}_dataloader.dataset.data_root': root
-                                       for s in ('train', 'val', 'test')})
+    cfg = load_model_cfg(args.config, data_root=args.data_root)
     quiet = lambda s: None  # noqa: E731
     paths = export_onnx(cfg, args.ckpt, args.work_dir, onnx_name='fcos.onnx', force=True, log=quiet)
     float_model = paths['onnx']
     int8_model = osp.join(args.work_dir, 'fcos_int8.onnx')
     qinfo = quantize_int8(cfg, float_model, int8_model, num_calib=args.num_calib,
                           calibrate_method=args.calib_method, force=True, log=quiet)
-    task = build_task_processor(copy.deepcopy(cfg), load_deploy_cfg(paths['deploy_cfg']), 'cpu')
-    torch_model = task.build_pytorch_model(args.ckpt)
+    torch_model = pytorch_model(cfg, args.ckpt, float_model)  # as mmdeploy builds it for float_model
     sessions = {name: ort_session(path, args.threads)
                 for name, path in (('ORT float', float_model), ('ORT int8', int8_model))}
 

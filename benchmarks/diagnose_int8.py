@@ -72,7 +72,7 @@ def main():
     before = machine_facts()
     import torch
 
-    from fcos_plugin.deploy import export_onnx, init_scope, load_model_cfg, quantize_int8
+    from fcos_plugin.deploy import export_onnx, load_model_cfg, quantize_int8
     from fcos_plugin.deploy.evaluation import evaluate, latency_input, median_latency_ms, ort_session
     from fcos_plugin.deploy.inspection import (
         conv_kernels,
@@ -81,10 +81,7 @@ def main():
         requantizations,
     )
     torch.set_num_threads(args.threads)
-    init_scope()
-    root = osp.abspath(args.data_root)
-    cfg = load_model_cfg(args.config, {f'{s}_dataloader.dataset.data_root': root
-                                       for s in ('train', 'val', 'test')})
+    cfg = load_model_cfg(args.config, data_root=args.data_root)
     quiet = lambda s: None  # noqa: E731
     float_model = export_onnx(cfg, args.ckpt, args.work_dir, onnx_name='fcos.onnx', force=True,
                               log=quiet)['onnx']

@@ -6,7 +6,9 @@ that names the file and what to do:
   ``CheckpointFitsModelHook`` judges checkpoints by too);
 * :func:`check_onnx_model` -- a valid ONNX model of standard operators only;
 * :func:`onnx_input_dims` / :func:`check_input_shape` -- the input size of an exported model against its
-  deploy config and ``export_meta.json``.
+  deploy config and ``export_meta.json``;
+* :func:`prepare_exported_model` -- the set-up every step on an exported model starts with (evaluation,
+  latency, quantization): the registries, both configs, and the model checked.
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from mmengine.config import Config
 from ..utils import abbreviate_keys
 from ..utils.checkpoint import REVISE_KEYS, checkpoint_diff
 from ..utils.config_check import num_classes_problem
-from .common import DEPLOY_CFG_FILE, META_FILE, DeployError
-from .configs import static_input_shape
+from .common import DEPLOY_CFG_FILE, META_FILE, DeployError, init_scope
+from .configs import deploy_cfg_for, load_model_cfg, static_input_shape
 
-__all__ = ['check_checkpoint', 'check_input_shape', 'check_onnx_model', 'onnx_input_dims']
+__all__ = ['check_checkpoint', 'check_input_shape', 'check_onnx_model', 'onnx_input_dims',
+           'prepare_exported_model']
 
 #: ONNX domains of standard operators.
 STANDARD_DOMAINS = ('', 'ai.onnx')
@@ -141,3 +144,27 @@ def check_input_shape(path: str, deploy_cfg: Config) -> tuple[int, int] | None:
             raise DeployError(f'{path} is {show(graph_hw)} but {meta_path} says {show(meta_hw)}: the '
                               'model is not the one exported into its directory')
     return graph_hw
+
+
+def prepare_exported_model(model_cfg: str | Config, model: str, deploy_cfg: str | Config | None = None,
+                           check_ops: bool = True) -> tuple[Config, Config, tuple[int, int] | None]:
+    """Set up a step on an exported model: mmdet's registries in scope (:func:`init_scope`), the model
+    config loaded (:func:`load_model_cfg`), the deploy config the model goes with (:func:`deploy_cfg_for`),
+    and the model checked -- it exists, with ``check_ops`` it is valid ONNX of standard operators
+    (:func:`check_onnx_model`), and its input size agrees with that deploy config and ``export_meta.json``
+    (:func:`check_input_shape`, seconds, so a wrong size fails before minutes of work).
+
+    Returns:
+        tuple: the model config, the deploy config, and the model's static (height, width) or None.
+
+    Raises:
+        DeployError: as the steps above say.
+    """
+    init_scope()
+    model_cfg = load_model_cfg(model_cfg)
+    deploy_cfg = deploy_cfg_for(model, deploy_cfg)
+    if not osp.isfile(model):
+        raise DeployError(f'model {model} does not exist')
+    if check_ops:
+        check_onnx_model(model)
+    return model_cfg, deploy_cfg, check_input_shape(model, deploy_cfg)

@@ -76,8 +76,15 @@ def _supported_backends() -> str:
     return ', '.join(f'{b.title} ({name!r})' for name, b in DEPLOY_BACKENDS.items())
 
 
-def load_model_cfg(config: str | Config, cfg_options: dict | None = None) -> Config:
+def load_model_cfg(config: str | Config, cfg_options: dict | None = None,
+                   data_root: str | None = None) -> Config:
     """The model config with a top-level ``test_pipeline`` (mmdeploy reads it from there).
+
+    Args:
+        config: path or config.
+        cfg_options: overrides (``--cfg-options``).
+        data_root: the ``data_root`` of the train, val and test datasets (e.g. a benchmark's
+            ``--data-root``), applied before ``cfg_options``.
 
     Raises:
         DeployError: no such file, no test pipeline, or a test config the export cannot reproduce.
@@ -88,6 +95,10 @@ def load_model_cfg(config: str | Config, cfg_options: dict | None = None) -> Con
         if not osp.isfile(config):
             raise DeployError(f'config {config} does not exist')
         cfg = Config.fromfile(config)
+    if data_root is not None:
+        root = osp.abspath(data_root)
+        cfg.merge_from_dict({f'{split}_dataloader.dataset.data_root': root
+                             for split in ('train', 'val', 'test')})
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if 'test_pipeline' not in cfg:

@@ -15,7 +15,6 @@ The input size of an ONNX model is checked against its deploy config and ``expor
 from __future__ import annotations
 
 import copy
-import os.path as osp
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from .checks import check_input_shape, check_onnx_model, onnx_input_dims
+from .checks import onnx_input_dims, prepare_exported_model
 from .common import DeployError, Log, init_scope
 from .configs import deploy_cfg_for, load_deploy_cfg, load_model_cfg, static_input_shape
 from .data import build_dataloader, static_pipeline
@@ -61,14 +60,8 @@ def evaluate(model_cfg: str | Config,
     """
     from mmdeploy.apis import build_task_processor
     from mmengine.evaluator import Evaluator
-    init_scope()
-    model_cfg = load_model_cfg(model_cfg)
     if isinstance(model, str):
-        deploy_cfg = deploy_cfg_for(model, deploy_cfg)
-        if not osp.isfile(model):
-            raise DeployError(f'model {model} does not exist')
-        check_onnx_model(model)
-        check_input_shape(model, deploy_cfg)
+        model_cfg, deploy_cfg, _ = prepare_exported_model(model_cfg, model, deploy_cfg)
         static_batch = onnx_input_dims(model)[0]
         if isinstance(static_batch, int):
             if batch_size is not None and batch_size != static_batch:
@@ -78,6 +71,8 @@ def evaluate(model_cfg: str | Config,
         task = build_task_processor(copy.deepcopy(model_cfg), deploy_cfg, 'cpu')
         runner_model = task.build_backend_model([model])
     else:
+        init_scope()
+        model_cfg = load_model_cfg(model_cfg)
         deploy_cfg = load_deploy_cfg(deploy_cfg)
         runner_model = model
     pipeline = static_pipeline(model_cfg.val_dataloader.dataset.pipeline,
@@ -122,12 +117,7 @@ def latency_input(model_cfg: str | Config,
             val set is empty or unreadable.
     """
     from mmdet.registry import MODELS
-    init_scope()
-    model_cfg = load_model_cfg(model_cfg)
-    deploy_cfg = deploy_cfg_for(model, deploy_cfg)
-    if not osp.isfile(model):
-        raise DeployError(f'model {model} does not exist')
-    static_hw = check_input_shape(model, deploy_cfg)
+    model_cfg, deploy_cfg, static_hw = prepare_exported_model(model_cfg, model, deploy_cfg, check_ops=False)
     if shape is not None:
         shape = (int(shape[0]), int(shape[1]))
         if static_hw is not None and shape != static_hw:

@@ -24,9 +24,9 @@ import numpy as np
 from mmengine.config import Config
 
 from ..utils.cpu import has_int8_dot_product
-from .checks import check_input_shape, check_onnx_model
-from .common import DeployError, Log, ensure_free, init_scope
-from .configs import deploy_cfg_for, load_model_cfg, static_input_shape
+from .checks import check_onnx_model, prepare_exported_model
+from .common import DeployError, Log, ensure_free
+from .configs import static_input_shape
 from .data import build_dataloader, static_pipeline
 
 __all__ = ['CALIBRATION_METHODS', 'network_nodes', 'quantize_int8']
@@ -161,16 +161,10 @@ def quantize_int8(model_cfg: str | Config,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    init_scope()
-    model_cfg = load_model_cfg(model_cfg)
-    deploy_cfg = deploy_cfg_for(onnx_in, deploy_cfg)
-    if not osp.isfile(onnx_in):
-        raise DeployError(f'model {onnx_in} does not exist')
     if osp.abspath(onnx_in) == osp.abspath(onnx_out):
         raise DeployError('the int8 model must be written to another file than the float model')
     ensure_free([onnx_out], force)
-    check_onnx_model(onnx_in)
-    check_input_shape(onnx_in, deploy_cfg)  # before calibration: a wrong size fails there
+    model_cfg, deploy_cfg, _ = prepare_exported_model(model_cfg, onnx_in, deploy_cfg)
     if calibrate_method not in CALIBRATION_METHODS:
         raise DeployError(f'unknown calibration method {calibrate_method!r}; use one of '
                           f'{", ".join(CALIBRATION_METHODS)}')
