@@ -56,11 +56,11 @@ class StopOnNonFiniteLossHook(CheckInvalidLossHook):
     ``check_weights`` (default), the model's parameters and floating-point buffers (BN running
     statistics) after the optimizer step of those iterations, and again before any checkpoint is
     written (``before_save_checkpoint``, whatever the interval). A huge learning rate makes the gradient,
-    then the weights and BN statistics, non-finite one step or more before the loss is: checking the loss
-    alone let such a step's weights be saved. It raises :class:`NonFiniteLossError` naming the epoch,
-    the iteration, the terms or tensors, the gradient norm when the optimizer wrapper logged one
-    (``clip_grad``; often huge or non-finite then), and the last checkpoint, whose weights are finite
-    since every save is checked. It runs before the checkpoint hook (``priority='ABOVE_NORMAL'``), so
+    then the weights and BN statistics, non-finite one step or more before the loss is: a check of
+    the loss alone would let such a step's weights be saved. It raises :class:`NonFiniteLossError`
+    naming the epoch, the iteration, the terms or tensors, the gradient norm when the optimizer wrapper
+    logged one (``clip_grad``; often huge or non-finite then), and the last checkpoint, whose weights are
+    finite since every save is checked. It runs before the checkpoint hook (``priority='ABOVE_NORMAL'``), so
     ``last_checkpoint`` keeps pointing at the last good checkpoint; ``tools/train.py`` turns the error
     into a message and exit status 1.
 

@@ -32,7 +32,7 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-# Re-exported: the assigner lived here before it moved to task_modules (mmdet's layout).
+# The head's assigner (in task_modules/, as in mmdet) is importable from here too.
 from ..task_modules.assigners import MatchCostSimOTAAssigner
 
 __all__ = ['MatchCostSimOTAAssigner', 'TunedFCOSHead']
@@ -81,10 +81,10 @@ class TunedFCOSHead(FCOSHead):
         **kwargs: Passed to :class:`~mmdet.models.dense_heads.FCOSHead`; ``init_cfg`` defaults to
             mmdet FCOS's (the base config sets the dynamic-assignment init).
 
-    The towers are not mmdet ``RTMDetSepBNHead``'s per-level ``ConvModule`` lists with tied
-    ``.conv``: that pattern keys the weights ``cls_convs.<level>.<i>.conv.weight`` and ``...<level>.<i>.bn.*``
-    (one copy per level in the state dict) instead of ``cls_convs.<i>.conv.weight`` +
-    ``cls_norms.<level>.<i>.*``, so existing checkpoints would no longer load.
+    The towers keep one conv per depth, ``cls_convs.<i>.conv.weight``, and the norms per level,
+    ``cls_norms.<level>.<i>.*``, rather than mmdet ``RTMDetSepBNHead``'s per-level ``ConvModule`` lists with
+    tied ``.conv``, whose state dict holds each shared weight once per level
+    (``cls_convs.<level>.<i>.conv.weight``): one tensor per weight, under this head's checkpoint keys.
     """
 
     def __init__(self,
