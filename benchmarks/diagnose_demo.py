@@ -49,8 +49,11 @@ def assignment_by_level(cfg, ckpt: str, num_batches: int = 4) -> dict:
     predictions on training batches (the assignment the next training step would make)."""
     from mmdet.registry import MODELS
     from mmengine.runner import Runner, load_checkpoint
+
+    from fcos_plugin.engine import safe_checkpoint_loading
     model = MODELS.build(cfg.model)
-    load_checkpoint(model, ckpt, map_location='cpu', logger='silent')
+    with safe_checkpoint_loading(ckpt):
+        load_checkpoint(model, ckpt, map_location='cpu', logger='silent')
     model.eval()  # BN running statistics; the assignment itself does not depend on the mode
     head = model.bbox_head
     if getattr(head, 'assign_mode', None) != 'dynamic':

@@ -47,6 +47,16 @@ def tmpfs(path: str, options: str):
             subprocess.run(['umount', '-l', path], capture_output=True)
 
 
+def load_checkpoint_file(path: str) -> dict:
+    """A checkpoint the tools saved, read as the tools read it (weights-only, mmengine's objects allowed
+    by :func:`fcos_plugin.engine.safe_checkpoint_loading`)."""
+    import torch
+
+    from fcos_plugin.engine import safe_checkpoint_loading
+    with safe_checkpoint_loading(path):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
 def run_tool(*args: str) -> list[str]:
     """The command line for one of the repository's tools, run with this interpreter."""
     return [sys.executable, osp.join(REPO, args[0]), *args[1:]]

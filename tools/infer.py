@@ -178,12 +178,14 @@ def main(argv=None) -> int:
     import cv2
     from mmdet.apis import DetInferencer
 
-    import fcos_plugin  # noqa: F401  (registers the plugin; its compat module first)
-    from fcos_plugin.compat import UnsafeCheckpointError
-    from fcos_plugin.utils import DiskFullError, write_atomic, write_json_atomic
+    import fcos_plugin  # noqa: F401  (registers the plugin)
+    from fcos_plugin.engine import UnsafeCheckpointError, safe_checkpoint_loading
+    from fcos_plugin.utils import DiskFullError, quiet_upstream_warnings, write_atomic, write_json_atomic
+    quiet_upstream_warnings()
     try:
-        inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=args.device,
-                                   show_progress=False)
+        with safe_checkpoint_loading(args.checkpoint):
+            inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=args.device,
+                                       show_progress=False)
     except UnsafeCheckpointError as e:  # code-running or corrupt checkpoint: one line naming file and object
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -171,7 +171,8 @@ def main(argv=None) -> int:
 
     from mmengine.config import Config
 
-    import fcos_plugin  # noqa: F401  (before fromfile: its compat module quiets mmengine's warnings)
+    from fcos_plugin.utils import quiet_upstream_warnings
+    quiet_upstream_warnings()
     cfg = Config.fromfile(args.config)
     size = cfg.get('input_size', (512, 512))
     data_opts = data_options(data_dir)

@@ -17,14 +17,18 @@ from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
-from fcos_plugin.compat import UnsafeCheckpointError
+import fcos_plugin  # noqa: F401  registers the plugin
 from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
-from fcos_plugin.engine import CheckpointMismatchError
+from fcos_plugin.engine import CheckpointMismatchError, UnsafeCheckpointError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
-from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts, write_json_atomic
+from fcos_plugin.utils import (
+    DiskFullError,
+    adapt_cfg_to_machine,
+    literal_dicts,
+    quiet_upstream_warnings,
+    write_json_atomic,
+)
 from fcos_plugin.utils.config_check import ConfigError, check_cfg_option_keys, config_errors_explained
 
 
@@ -49,6 +53,7 @@ def parse_args():
 
 
 def main():
+    quiet_upstream_warnings()
     args = parse_args()
     # a log line that cannot be written (full or read-only disk) must not print logging's own traceback:
     # the write that matters stops the run with one line below
@@ -72,6 +77,8 @@ def main():
     cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CheckpointFitsModelHook')]
     # num_classes against the test set's classes, before the checkpoint is loaded
     cfg.setdefault('default_hooks', {}).setdefault('check_classes', dict(type='NumClassesMatchDatasetHook'))
+    # the runner that loads mmengine checkpoints weights-only on torch 2.14 (configs of other runtimes)
+    cfg.setdefault('runner_type', 'CompatRunner')
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     adapt_cfg_to_machine(cfg)
@@ -79,7 +86,7 @@ def main():
     before = set(os.listdir(work_dir)) if osp.isdir(work_dir) else None
     try:
         with config_errors_explained(cfg):  # an unregistered type or a wrong argument: its config path
-            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+            runner = RUNNERS.build(cfg)
             if args.out is not None:
                 runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
             metrics = runner.test()

@@ -15,14 +15,12 @@ import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-import fcos_plugin  # noqa: F401  registers the plugin and applies fcos_plugin.compat
-from fcos_plugin.compat import UnsafeCheckpointError
+import fcos_plugin  # noqa: F401  registers the plugin
 from fcos_plugin.datasets.lmdb_format import DamagedPackError, LmdbFormatError, pack_error_message
-from fcos_plugin.engine import NonFiniteLossError
+from fcos_plugin.engine import NonFiniteLossError, UnsafeCheckpointError
 from fcos_plugin.models.backbones.efficientnet_weights import CheckpointDownloadError
-from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts
+from fcos_plugin.utils import DiskFullError, adapt_cfg_to_machine, literal_dicts, quiet_upstream_warnings
 from fcos_plugin.utils.config_check import ConfigError, check_cfg_option_keys, config_errors_explained
 
 
@@ -48,6 +46,7 @@ def parse_args():
 
 
 def main():
+    quiet_upstream_warnings()
     args = parse_args()
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
@@ -60,6 +59,8 @@ def main():
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     # num_classes against the dataset's classes, before anything is trained (configs of other runtimes)
     cfg.setdefault('default_hooks', {}).setdefault('check_classes', dict(type='NumClassesMatchDatasetHook'))
+    # the runner that loads mmengine checkpoints weights-only on torch 2.14 (configs of other runtimes)
+    cfg.setdefault('runner_type', 'CompatRunner')
     if args.amp:
         import torch
         if torch.cuda.is_available():
@@ -79,7 +80,7 @@ def main():
         cfg.load_from = args.resume
     adapt_cfg_to_machine(cfg)
     with config_errors_explained(cfg):  # an unregistered type or a wrong argument: its config path, one line
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner = RUNNERS.build(cfg)
     try:
         with config_errors_explained(cfg):  # loops, datasets and transforms are built here
             runner.train()

@@ -11,14 +11,14 @@ that training and testing never import it). One module per job, as mmdeploy keep
 ``inspection``     what ONNX Runtime runs: int8 vs float convolution kernels, time per operator type
 ``evaluation``     :func:`evaluate`, latency of ONNX and PyTorch models
 ``data``           the test pipeline for a static input, train/val dataloaders for the above
-``rewriters``      mmdeploy rewriters: in-graph "SAME" padding, the plugin's head (registered on import)
+``rewriters``      mmdeploy rewriters: the TorchScript exporter, in-graph "SAME" padding, the plugin's
+                   head (registered on import)
 ``common``         :class:`DeployError`, the exported file names, ``--force`` handling
 =================  ====================================================================================
 
-Importing this package registers the rewriters and, through :func:`fcos_plugin.compat.patch_onnx_export`,
-makes mmdeploy's exports use the TorchScript exporter -- only inside mmdeploy's export, nowhere else.
+Importing this package registers the rewriters in mmdeploy's ``FUNCTION_REWRITER``; they act only
+inside mmdeploy's export, nowhere else.
 """
-from .. import compat
 from .checks import check_checkpoint, check_input_shape, check_onnx_model, onnx_input_dims
 from .common import DeployError, ensure_free, init_scope
 from .configs import DEFAULT_DEPLOY_CFG, STATIC_DEPLOY_CFG, deploy_cfg_for, load_deploy_cfg, load_model_cfg
@@ -27,8 +27,6 @@ from .evaluation import evaluate, latency_input, median_latency_ms, onnx_latency
 from .pytorch2onnx import export_onnx
 from .quantization import CALIBRATION_METHODS, network_nodes, quantize_int8
 from .rewriters import EXPORT_CFG_KEY, check_exportable_test_cfg
-
-compat.patch_onnx_export()
 
 __all__ = [
     'build_dataloader', 'CALIBRATION_METHODS', 'check_checkpoint', 'check_exportable_test_cfg',

@@ -46,11 +46,12 @@ def check_checkpoint(model: torch.nn.Module, checkpoint: str, config_name: str =
     """
     from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
-    from fcos_plugin.compat import UnsafeCheckpointError
+    from fcos_plugin.engine import UnsafeCheckpointError, safe_checkpoint_loading
     if not osp.isfile(checkpoint):
         raise DeployError(f'checkpoint {checkpoint} does not exist')
     try:
-        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+        with safe_checkpoint_loading(checkpoint):
+            ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     except UnsafeCheckpointError as e:
         raise DeployError(str(e)) from None
     except Exception as e:  # noqa: BLE001  (any unreadable file: say which and why)

@@ -26,7 +26,7 @@ def init_scope() -> None:
     """Register fcos_plugin and mmdet modules and make ``mmdet`` the default registry scope."""
     from mmdet.utils import register_all_modules
 
-    import fcos_plugin  # noqa: F401  (registers the plugin, applies fcos_plugin.compat)
+    import fcos_plugin  # noqa: F401  (registers the plugin)
     register_all_modules(init_default_scope=True)
 
 

@@ -209,10 +209,13 @@ def pytorch_model(model_cfg: str | Config, checkpoint: str, model: str,
     """The PyTorch detector of ``checkpoint`` as mmdeploy builds it for the deploy config of ``model``
     (the ``.onnx`` file), in eval mode: what :func:`evaluate` and the latency compare with."""
     from mmdeploy.apis import build_task_processor
+
+    from ..engine import safe_checkpoint_loading
     init_scope()
     task = build_task_processor(copy.deepcopy(load_model_cfg(model_cfg)), deploy_cfg_for(model, deploy_cfg),
                                 'cpu')
-    return task.build_pytorch_model(checkpoint)
+    with safe_checkpoint_loading(checkpoint):
+        return task.build_pytorch_model(checkpoint)
 
 
 def _dims_str(dims: Sequence[int | str | None]) -> str:

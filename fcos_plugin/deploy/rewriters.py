@@ -1,7 +1,9 @@
 """mmdeploy rewriters for fcos_plugin's models (importing this module registers them; needs mmdeploy).
 
-Two rewrites, each active only inside mmdeploy's export (``RewriterContext``):
+Three rewrites, each active only inside mmdeploy's export (``RewriterContext``), nowhere else:
 
+* :func:`torch_onnx_export` -- the TorchScript exporter: torch >= 2.9 exports with the dynamo exporter
+  by default, and mmdeploy 1.3.1's rewriters need the TorchScript one;
 * :func:`conv2d_adaptive_padding__forward` -- TensorFlow "SAME" padding left to the runtime
   (``auto_pad``), so that a dynamic-shape export is right at every input size (below);
 * :func:`tuned_fcos_head__predict_by_feat` -- the tuned head's own post-processing (further below).
@@ -93,6 +95,13 @@ class _SameConv2d(torch.autograd.Function):
         kernel = weight.type().sizes()[-2:]
         return g.op('Conv', x, weight, bias, auto_pad_s='SAME_UPPER', kernel_shape_i=list(kernel),
                     strides_i=list(stride), dilations_i=list(dilation), group_i=groups)
+
+
+@FUNCTION_REWRITER.register_rewriter(func_name='torch.onnx.export')
+def torch_onnx_export(*args, **kwargs):
+    """``torch.onnx.export`` inside mmdeploy's export: the TorchScript exporter unless asked otherwise."""
+    kwargs.setdefault('dynamo', False)
+    return FUNCTION_REWRITER.get_context().origin_func(*args, **kwargs)
 
 
 @FUNCTION_REWRITER.register_rewriter(

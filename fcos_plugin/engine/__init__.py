@@ -1,4 +1,13 @@
-"""MMEngine extensions of the plugin: hooks registered in mmdet's ``HOOKS``."""
+"""MMEngine extensions of the plugin: hooks (mmdet's ``HOOKS``), the runner and DDP wrapper
+(mmengine's ``RUNNERS`` / ``MODEL_WRAPPERS``), the ``atomic_local`` file backend, and weights-only
+loading of mmengine checkpoints. Configs select them; importing changes nothing else."""
+from .checkpoint_loading import (
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    checkpoint_format_problem,
+    safe_checkpoint_loading,
+)
+from .checkpoint_saving import AtomicCheckpointHook, AtomicLocalBackend
 from .hooks import (
     ChannelsLastHook,
     CheckpointFitsModelHook,
@@ -11,7 +20,11 @@ from .hooks import (
     checkpoint_fit,
     shape_mismatches,
 )
+from .runner import CompatRunner, CPUCompatDistributedDataParallel
 
-__all__ = ['ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
+__all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'CompatRunner', 'CorruptCheckpointError',
+           'CPUCompatDistributedDataParallel', 'UnsafeCheckpointError', 'checkpoint_format_problem',
+           'safe_checkpoint_loading',
+           'ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
            'NumClassesMatchDatasetHook', 'NumClassesMismatchError', 'StopOnNonFiniteLossHook', 'all_finite',
            'checkpoint_fit', 'shape_mismatches']

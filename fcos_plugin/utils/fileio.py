@@ -2,7 +2,7 @@
 is named.
 
 :func:`write_atomic` is the one atomic writer of the package: checkpoints (through
-:mod:`fcos_plugin.compat`'s ``LocalBackend.put``), JSON results, benchmark tables. :func:`no_space_left`
+:class:`fcos_plugin.engine.AtomicLocalBackend`), JSON results, benchmark tables. :func:`no_space_left`
 begins every full-disk message, its own and the COCO packer's, with sizes in MiB.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ def adapt_cfg_to_machine(cfg: Config) -> Config:
     is left exactly as written, so mmengine's own DDP wrapper and settings apply).
 
     * distributed runs use the ``gloo`` backend and a DDP wrapper without ``device_ids``
-      (:class:`fcos_plugin.compat.CPUCompatDistributedDataParallel`);
+      (:class:`fcos_plugin.engine.CPUCompatDistributedDataParallel`);
     * ``SyncBN`` is switched off (it needs CUDA);
     * ``--amp`` (``AmpOptimWrapper``) falls back to fp32 with a warning.
     """

@@ -12,6 +12,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from fcos_plugin.engine import safe_checkpoint_loading
+
 from ..conftest import REPO, run_tool
 
 DEMO_CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
@@ -115,7 +117,8 @@ def predict_both(cfg: Config, ckpt: str, onnx_path: str, indices: int, batch_siz
     cfg = load_model_cfg(cfg)
     deploy_cfg = load_deploy_cfg(osp.join(osp.dirname(onnx_path), 'deploy_cfg.py'))
     task = build_task_processor(copy.deepcopy(cfg), deploy_cfg, 'cpu')
-    torch_model = task.build_pytorch_model(ckpt)
+    with safe_checkpoint_loading(ckpt):
+        torch_model = task.build_pytorch_model(ckpt)
     ort_model = task.build_backend_model([onnx_path])
     loader = build_dataloader(cfg, 'val', cfg.val_dataloader.dataset.pipeline, batch_size, indices)
     evaluators = []

@@ -23,6 +23,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from fcos_plugin.engine import safe_checkpoint_loading
+
 from .conftest import DEMO_CFG, model_cfg
 from .test_parity import ATOL, _flat, _RawHead, _unfiltered, match_exactly
 
@@ -49,7 +51,8 @@ def setup(demo_trained, trained_onnx):
     cfg = load_model_cfg(model_cfg(DEMO_CFG, demo_trained['data_root']))
     deploy_cfg = load_deploy_cfg(osp.join(osp.dirname(trained_onnx), 'deploy_cfg.py'))
     task = build_task_processor(copy.deepcopy(cfg), deploy_cfg, 'cpu')
-    model = task.build_pytorch_model(demo_trained['checkpoint'])
+    with safe_checkpoint_loading(demo_trained['checkpoint']):
+        model = task.build_pytorch_model(demo_trained['checkpoint'])
     loader = build_dataloader(cfg, 'val', cfg.val_dataloader.dataset.pipeline, 1, 4)
     # uint8 (3, 320, 320) images as the val pipeline gives them, before the data preprocessor
     images = [data['inputs'][0] for data in loader]

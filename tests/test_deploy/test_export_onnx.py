@@ -19,7 +19,7 @@ import torch
 
 from fcos_plugin.datasets.demo_data import DEMO_CLASSES
 
-from ..conftest import REPO, run_tool
+from ..conftest import REPO, load_checkpoint_file, run_tool
 from .conftest import DEMO_CFG, model_cfg
 
 
@@ -186,7 +186,7 @@ def _digest(path: str) -> str:
 
 
 def test_mismatched_checkpoint_is_named_and_nothing_is_written(demo_ckpt, tmp_path):
-    ckpt = torch.load(demo_ckpt, map_location='cpu')
+    ckpt = load_checkpoint_file(demo_ckpt)
     state = ckpt['state_dict']
     state.pop('bbox_head.conv_centerness.weight')
     state['bbox_head.extra_conv.weight'] = torch.zeros(1)

@@ -25,6 +25,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from fcos_plugin.engine import safe_checkpoint_loading
+
 from ..conftest import REPO, run_tool
 from .conftest import BOX_ATOL, COCO_CFG, DEMO_CFG, SCORE_ATOL, model_cfg, predict_both
 
@@ -74,7 +76,8 @@ def _raw_pairs(cfg, ckpt: str, deploy_cfg_path: str, work_dir: str, num_images: 
     init_scope()
     cfg = load_model_cfg(cfg)
     deploy_cfg = load_deploy_cfg(deploy_cfg_path)
-    model = build_task_processor(copy.deepcopy(cfg), deploy_cfg, 'cpu').build_pytorch_model(ckpt)
+    with safe_checkpoint_loading(ckpt):
+        model = build_task_processor(copy.deepcopy(cfg), deploy_cfg, 'cpu').build_pytorch_model(ckpt)
     head = model.bbox_head
     test_cfg = _unfiltered(head.test_cfg)
     loader = build_dataloader(cfg, 'val', cfg.val_dataloader.dataset.pipeline, batch_size, num_images)

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from ..conftest import REPO, run_tool
+from ..conftest import REPO, load_checkpoint_file, run_tool
 
 CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
 ITERS = 4
@@ -35,7 +35,7 @@ def _train(data_root: str, work: str, *extra: str) -> subprocess.CompletedProces
 def _assert_saved_checkpoints_finite(work: str) -> list[str]:
     saved = sorted(glob.glob(osp.join(work, 'iter_*.pth')), key=lambda p: int(p.split('_')[-1][:-4]))
     for ckpt in saved:
-        state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
+        state = load_checkpoint_file(ckpt)['state_dict']
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         assert not bad, f'{ckpt}: {len(bad)} non-finite tensors ({bad[:3]})'
     return saved

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..conftest import REPO, run_tool
+from ..conftest import REPO, load_checkpoint_file, run_tool
 
 CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
 ITERS, SAVE_EVERY, KILL_AFTER = 12, 4, 6  # 16 training images, batch 4: an epoch is 4 iterations
@@ -32,7 +32,7 @@ def _cmd(data_root: str, work: str, *extra: str) -> list[str]:
 
 
 def _state(path: str) -> dict:
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = load_checkpoint_file(path)
     return dict(meta_iter=ckpt['meta']['iter'], state_dict=ckpt['state_dict'],
                 optimizer=ckpt['optimizer']['state'])
 

@@ -11,7 +11,7 @@ import fcos_plugin  # noqa: F401
 from fcos_plugin.engine import ChannelsLastHook
 from fcos_plugin.utils import adapt_cfg_to_machine
 
-from ..conftest import REPO
+from ..conftest import REPO, load_checkpoint_file
 
 CFG = osp.join(REPO, 'configs', 'fcos_effb0.py')
 
@@ -89,5 +89,5 @@ def test_nan_loss_stops_training_named_and_nothing_non_finite_is_saved(demo_pack
     assert 'loss' in proc.stderr.split('non-finite loss at')[1] and 'Traceback' not in proc.stderr
     assert 'requires_grad=True to a scalar' not in proc.stderr, proc.stderr[-3000:]
     for ckpt in glob.glob(osp.join(work, '*.pth')):
-        state = torch.load(ckpt, map_location='cpu')['state_dict']
+        state = load_checkpoint_file(ckpt)['state_dict']
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt

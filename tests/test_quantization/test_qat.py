@@ -24,7 +24,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ..conftest import REPO, run_tool
+from fcos_plugin.engine import safe_checkpoint_loading
+
+from ..conftest import REPO, load_checkpoint_file, run_tool
 from .conftest import QAT_CFG
 
 MAP = 'coco/bbox_mAP'
@@ -45,8 +47,9 @@ def _val_batches(qat_trained, num_images=4, batch_size=2):
     init_scope()
     cfg = load_model_cfg(model_cfg(QAT_CFG, qat_trained['data_root']))
     deploy_cfg = load_deploy_cfg(osp.join(REPO, 'configs', 'deploy', 'detection_onnxruntime_dynamic.py'))
-    model = build_task_processor(copy.deepcopy(cfg), deploy_cfg, 'cpu').build_pytorch_model(
-        qat_trained['checkpoint'])
+    with safe_checkpoint_loading(qat_trained['checkpoint']):
+        model = build_task_processor(copy.deepcopy(cfg), deploy_cfg, 'cpu').build_pytorch_model(
+            qat_trained['checkpoint'])
     loader = build_dataloader(cfg, 'val', cfg.val_dataloader.dataset.pipeline, batch_size, num_images)
     return model, deploy_cfg, [model.data_preprocessor(data, False)['inputs'] for data in loader]
 
@@ -56,10 +59,7 @@ def test_qat_train_and_test_tools(qat_trained, tmp_path):
     with open(logs[0]) as f:
         log = f.read()
     assert 'QAT: calibrated' in log and 'on 8 train images' in log
-    from mmengine.runner import CheckpointLoader  # weights-only, with fcos_plugin.compat's allow-list
-
-    import fcos_plugin  # noqa: F401  (applies compat)
-    state = CheckpointLoader.load_checkpoint(qat_trained['checkpoint'], map_location='cpu')['state_dict']
+    state = load_checkpoint_file(qat_trained['checkpoint'])['state_dict']
     flags = [v for k, v in state.items() if k.endswith('.calibrated')]
     assert len(flags) > 200 and all(int(v) == 1 for v in flags)
     out = tmp_path / 'test'

@@ -11,9 +11,10 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from ..conftest import REPO, run_tool
+from fcos_plugin.engine import safe_checkpoint_loading
+
+from ..conftest import REPO, load_checkpoint_file, run_tool
 
 CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
 NUM = 4
@@ -102,11 +103,12 @@ def test_det_inferencer_works_without_the_packed_dataset(demo_trained, reference
     from mmengine.config import Config
     cfg = Config.fromfile(CFG)
     cfg.test_dataloader.dataset.data_root = '/nonexistent/demo/'
-    inferencer = DetInferencer(model=cfg, weights=demo_trained['checkpoint'], device='cpu',
-                               show_progress=False)
+    with safe_checkpoint_loading(demo_trained['checkpoint']):
+        inferencer = DetInferencer(model=cfg, weights=demo_trained['checkpoint'], device='cpu',
+                                   show_progress=False)
     assert inferencer.model.dataset_meta['classes'][0] == 'red_circle'
     # the palette too comes from the checkpoint (the pictures are drawn in the training colours)
-    meta = torch.load(demo_trained['checkpoint'], map_location='cpu', weights_only=True)['meta']
+    meta = load_checkpoint_file(demo_trained['checkpoint'])['meta']
     assert list(map(tuple, inferencer.model.dataset_meta['palette'])) == list(
         map(tuple, meta['dataset_meta']['palette']))
     for name, ref in reference.items():

@@ -10,9 +10,8 @@ import subprocess
 import cv2
 import onnx
 import pytest
-import torch
 
-from ..conftest import REPO
+from ..conftest import REPO, load_checkpoint_file
 
 STAGES = ('install', 'data', 'flops', 'train', 'test', 'export', 'onnx', 'int8', 'report',
           'total (after install)')
@@ -74,7 +73,7 @@ def test_checkpoint_loads_and_onnx_passes_the_checker(quick_run):
     work, *_ = quick_run
     with open(osp.join(work, 'summary.json')) as f:
         summary = json.load(f)
-    ckpt = torch.load(summary['checkpoint'], map_location='cpu')  # weights_only, with fcos_plugin.compat
+    ckpt = load_checkpoint_file(summary['checkpoint'])
     assert any(k.startswith('bbox_head.') for k in ckpt['state_dict'])
     assert ckpt['meta']['dataset_meta']['classes'][0] == 'red_circle'
     onnx.checker.check_model(summary['onnx'])

@@ -9,7 +9,8 @@ exact loader, :func:`fcos_plugin.utils.checkpoint.load_state_dict_exact`.
   ``open-mmlab://`` and ``http(s)://``. Downloads land in torch hub's cache (where mmengine's own loader
   puts them) and are then read by ``CheckpointLoader`` as local files, so every file, downloaded or not,
   is unpickled weights-only (mmengine's URL loader calls ``torch.hub.load_url``, which unpickles with
-  ``weights_only=False``). A refused file raises ``fcos_plugin.compat``'s ``UnsafeCheckpointError``
+  ``weights_only=False``). Reading happens within :func:`fcos_plugin.engine.safe_checkpoint_loading`:
+  a refused file raises ``UnsafeCheckpointError``
   (code outside the allow-list) or ``CorruptCheckpointError`` (empty, truncated, not a checkpoint), the
   same messages as every other loading path; a download that fails says so, naming the URL and how to
   pass a local file.
@@ -38,6 +39,7 @@ from mmengine.runner.checkpoint import (
 )
 from torch import Tensor
 
+from ...engine.checkpoint_loading import safe_checkpoint_loading
 from ...utils import abbreviate_keys
 from ...utils.checkpoint import load_state_dict_exact  # what EffNet loads with, beside its readers
 
@@ -158,13 +160,14 @@ def read_checkpoint(checkpoint: str) -> tuple[object, str]:
         CheckpointDownloadError: a remote file that could not be downloaded (names the URL and says how
             to pass a local file).
         ValueError: a prefixed name mmengine's tables do not know.
-        fcos_plugin.compat.UnsafeCheckpointError: a file that weights-only loading refuses; its
+        fcos_plugin.engine.UnsafeCheckpointError: a file that weights-only loading refuses; its
             subclass ``CorruptCheckpointError`` for an empty, truncated or random file.
     """
     if _SCHEME.match(checkpoint):
         location = _remote_location(checkpoint)
         if location is None:  # s3://, pavi://, ...: mmengine's own scheme loaders
-            return CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'), checkpoint
+            with safe_checkpoint_loading(checkpoint):
+                return CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'), checkpoint
         if location.startswith(('http://', 'https://')):
             path = _download(checkpoint, location)
             source = f'{checkpoint} ({path})'
@@ -174,7 +177,8 @@ def read_checkpoint(checkpoint: str) -> tuple[object, str]:
             path = source = location
     else:
         path = source = resolve_checkpoint(checkpoint)
-    return CheckpointLoader.load_checkpoint(path, map_location='cpu'), source
+    with safe_checkpoint_loading(path):
+        return CheckpointLoader.load_checkpoint(path, map_location='cpu'), source
 
 
 def read_state_dict(checkpoint: str, prefix: str | None = None) -> tuple[dict[str, Tensor], str]:

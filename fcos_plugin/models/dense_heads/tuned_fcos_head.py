@@ -33,6 +33,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 # The head's assigner (in task_modules/, as in mmdet) is importable from here too.
+from ...utils.mmcv_ops import mmcv_has_cuda_ops
 from ..task_modules.assigners import MatchCostSimOTAAssigner
 
 __all__ = ['MatchCostSimOTAAssigner', 'TunedFCOSHead']
@@ -380,6 +381,17 @@ class TunedFCOSHead(FCOSHead):
             Tensor: (..., C) scores in [0, 1].
         """
         return (cls_logits.sigmoid() * centerness_logits.sigmoid().unsqueeze(-1)).sqrt()
+
+    def _bbox_post_process(self, results: InstanceData, cfg: ConfigDict, rescale: bool = False,
+                           with_nms: bool = True, img_meta: dict | None = None) -> InstanceData:
+        """mmdet's post-processing; NMS on the CPU for CUDA results when mmcv has no CUDA kernels
+        (``mmcv.ops.nms`` cannot run CUDA tensors then), the results moved back to their device."""
+        if with_nms and results.bboxes.is_cuda and not mmcv_has_cuda_ops():
+            device = results.bboxes.device
+            return super()._bbox_post_process(results.cpu(), cfg, rescale=rescale, with_nms=with_nms,
+                                              img_meta=img_meta).to(device)
+        return super()._bbox_post_process(results, cfg, rescale=rescale, with_nms=with_nms,
+                                          img_meta=img_meta)
 
     def _predict_by_feat_single(self,
                                 cls_score_list: list[Tensor],

@@ -19,7 +19,7 @@ import torchvision
 from mmengine.logging import MMLogger
 
 import fcos_plugin  # noqa: F401  (registers EffNet, applies the checkpoint fixes of compat)
-from fcos_plugin.compat import CorruptCheckpointError, UnsafeCheckpointError, checkpoint_format_problem
+from fcos_plugin.engine import CorruptCheckpointError, UnsafeCheckpointError, checkpoint_format_problem
 from fcos_plugin.models.backbones import EffNet, efficientnet, efficientnet_weights
 from fcos_plugin.models.backbones.efficientnet import efficientnet_spec
 from fcos_plugin.models.backbones.efficientnet_weights import (
