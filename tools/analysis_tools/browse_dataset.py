@@ -19,6 +19,7 @@ from mmengine.utils import ProgressBar
 
 import fcos_plugin  # noqa: F401
 from fcos_plugin.datasets.lmdb_format import LmdbFormatError, pack_error_message
+from fcos_plugin.utils import quiet_upstream_warnings
 
 
 def parse_args():
@@ -33,6 +34,7 @@ def parse_args():
 
 
 def main():
+    quiet_upstream_warnings()
     args = parse_args()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:

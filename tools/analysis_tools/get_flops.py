@@ -16,6 +16,7 @@ from mmengine.registry import init_default_scope
 
 import fcos_plugin  # noqa: F401
 from fcos_plugin.analysis import detector_complexity
+from fcos_plugin.utils import quiet_upstream_warnings
 
 
 def parse_args(argv=None):
@@ -72,6 +73,7 @@ def run(config: str, shape: tuple, max_depth: int = 3, cfg_options=None, json_ou
 
 
 def main(argv=None) -> int:
+    quiet_upstream_warnings()
     args = parse_args(argv)
     hw = args.shape * 2 if len(args.shape) == 1 else args.shape
     return run(args.config, (args.batch, 3, *hw), args.max_depth, args.cfg_options, args.json)

@@ -22,6 +22,7 @@ import tempfile
 from mmengine.config import DictAction
 
 from fcos_plugin.deploy import DeployError, export_onnx
+from fcos_plugin.utils import quiet_upstream_warnings
 
 
 def parse_args():
@@ -86,6 +87,7 @@ def _check_writable(work_dir: str) -> None:
 
 
 def main():
+    quiet_upstream_warnings()
     args = parse_args()
     work_dir = args.work_dir or osp.join(
         'work_dirs', 'deploy', osp.splitext(osp.basename(args.config))[0])

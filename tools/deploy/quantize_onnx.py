@@ -44,7 +44,7 @@ from fcos_plugin.deploy.evaluation import (
     onnx_latency_fns,
     pytorch_model,
 )
-from fcos_plugin.utils import write_json_atomic
+from fcos_plugin.utils import quiet_upstream_warnings, write_json_atomic
 
 LATENCY_THREADS = 2
 LATENCY_RUNS = 10
@@ -77,6 +77,7 @@ def parse_args():
 
 
 def main():
+    quiet_upstream_warnings()
     args = parse_args()
     out = args.out or osp.splitext(args.model)[0] + '_int8.onnx'
     report = osp.splitext(out)[0] + '_report.json'

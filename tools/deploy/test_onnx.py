@@ -17,7 +17,7 @@ from mmengine.config import DictAction
 
 from fcos_plugin.deploy import DeployError, ensure_free, load_model_cfg
 from fcos_plugin.deploy.evaluation import evaluate
-from fcos_plugin.utils import write_json_atomic
+from fcos_plugin.utils import quiet_upstream_warnings, write_json_atomic
 
 
 def parse_args():
@@ -35,6 +35,7 @@ def parse_args():
 
 
 def main():
+    quiet_upstream_warnings()
     args = parse_args()
     out = args.out or osp.splitext(args.model)[0] + '_test_metrics.json'
     ensure_free([out], args.force)  # before minutes of evaluation, not after
