@@ -3,10 +3,12 @@ that training and testing never import it). One module per job, as mmdeploy keep
 
 =================  ====================================================================================
 ``configs``        model and deploy configs loaded and checked (:func:`load_model_cfg`,
-                   :func:`load_deploy_cfg`, :func:`deploy_cfg_for`)
+                   :func:`load_deploy_cfg`, :func:`deploy_cfg_for`); ``DEPLOY_BACKENDS``, the table
+                   of supported backends (ONNX Runtime)
 ``checks``         checkpoint, ONNX model and input-size checks (:func:`check_checkpoint`,
-                   :func:`check_onnx_model`, :func:`check_input_shape`)
-``pytorch2onnx``   :func:`export_onnx`: mmdeploy's ``torch2onnx`` + ``export2SDK`` into a work directory
+                   :func:`check_onnx_model`, :func:`check_input_shape`), and
+                   ``prepare_exported_model``, what every step on an exported model starts with
+``pytorch2onnx``   :func:`export_onnx`: the model built once, mmdeploy's export + ``export2SDK``
 ``quantization``   :func:`quantize_int8`: ONNX Runtime static int8 of the network, calibrated on the train set
 ``inspection``     what ONNX Runtime runs: int8 vs float convolution kernels, time per operator type
 ``evaluation``     :func:`evaluate`, latency of ONNX and PyTorch models
