@@ -4,7 +4,8 @@ these helpers at start-up and around the Runner.
 
 * :func:`check_cfg_option_keys` -- a ``--cfg-options`` key whose top-level part the config does not have
   and the Runner does not read (``train_cfgs.max_iters=2``) would be merged as a new key and ignored: named
-  and refused.
+  and refused; so is a variable of the config file (``max_iters=2``), whose value was copied where the
+  file used it before the option arrives: the settings to change instead are named.
 * :func:`explain_build_error` -- what mmengine raises when it builds a config: an unregistered ``type``
   (``KeyError: EffNetX is not in the mmdet::model registry``, which does not say where in the config it is)
   and an argument the class does not take (``TypeError: ... got an unexpected keyword argument``), turned
@@ -62,6 +63,23 @@ def check_cfg_option_keys(cfg, options: Mapping[str, Any] | None) -> None:
         raise ConfigError(f'--cfg-options: unknown key{"s" if len(bad) > 1 else ""} {"; ".join(bad)}. '
                           'Nothing would read it: fix the key (the config\'s keys: python -c "from mmengine '
                           'import Config; print(Config.fromfile(CONFIG).pretty_text)")')
+    for key in options or {}:
+        top = key.split('.', 1)[0]
+        if key == top and top in cfg and top not in RUNNER_KEYS and not isinstance(cfg[top], (Mapping, list)):
+            raise ConfigError(_variable_message(cfg, top))
+
+
+def _variable_message(cfg, name: str) -> str:
+    """Why ``--cfg-options NAME=...`` changes nothing for a plain top-level value of the config file (a
+    variable such as ``max_iters = 600``) and which settings to set instead."""
+    value = cfg[name]
+    uses = [f'{path}.{k}' for path, node in _walk({k: v for k, v in cfg.items() if k != name})
+            for k, v in node.items() if not isinstance(v, (Mapping, list)) and v == value
+            and type(v) is type(value)]
+    where = (f'; the file used it for {", ".join(uses[:4])}{", ..." if len(uses) > 4 else ""}: set '
+             f'{"those" if len(uses) > 1 else "that"} instead (e.g. {uses[0]}=...)') if uses else ''
+    return (f'--cfg-options: {name!r} is a variable of the config file; its value ({value!r}) was copied '
+            f'where the file uses it when the file was read, so changing it now changes nothing{where}.')
 
 
 def _walk(node: Any, path: str = '') -> Iterator[tuple[str, dict]]:

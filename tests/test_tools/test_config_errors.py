@@ -87,6 +87,16 @@ def test_cfg_options_key_nothing_reads_is_refused(tool, demo_packed, checkpoints
     assert not osp.exists(osp.join(tmp_path, 'last_checkpoint'))
 
 
+
+def test_cfg_options_on_a_config_variable_names_the_settings_to_change(demo_packed, tmp_path):
+    """Was: ``max_iters=2`` (the demo config's variable) accepted, and all 600 iterations trained: the
+    file had already copied 600 into train_cfg and the LR schedule."""
+    line = _one_line_error(_run('tools/train.py', CFG, '--work-dir', str(tmp_path), '--cfg-options',
+                                *_data(demo_packed), 'train_cfg.max_iters=1', 'max_iters=2'))
+    assert "'max_iters' is a variable of the config file" in line and '(600)' in line, line
+    assert 'train_cfg.max_iters' in line and 'param_scheduler.1.end' in line, line
+    assert not osp.exists(osp.join(tmp_path, 'last_checkpoint'))
+
 def test_train_with_num_classes_other_than_the_datasets_stops_at_once(demo_packed, tmp_path):
     """Was: an IndexError inside mmdet's match cost (5 classes), or silent training (7)."""
     line = _one_line_error(_run('tools/train.py', CFG, '--work-dir', str(tmp_path), '--cfg-options',
