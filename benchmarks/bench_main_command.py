@@ -53,7 +53,9 @@ def main() -> None:
     total = seconds.pop('total (after install)')
     seconds.pop('install', None)
     rows = ['| stage | wall s |', '|---|---|']
-    rows += [f'| {STAGES.get(k, k)} | {v:.1f} |' for k, v in seconds.items()]
+    labels = dict(STAGES, flops=f'params/FLOPs ({summary["params_m"]:.2f} M, {summary["gflops"]:.2f} GFLOPs '
+                                f'at {"x".join(map(str, summary["input_size"]))})')
+    rows += [f'| {labels.get(k, k)} | {v:.1f} |' for k, v in seconds.items()]
     rows.append(f'| **total after install** | **{total:.1f} ({total / 60:.1f} min)** |')
     maps, lat = summary['bbox_mAP'], summary['latency_ms']
     size = 'x'.join(map(str, summary['latency_input'][2:]))

@@ -1,7 +1,7 @@
 # CPU-sized FCOS-EfficientNet-B0 on the built-in demo data (the main command's default): the model of
 # fcos_effb0.py (Lite0 ImageNet weights, BiFPN, tuned FCOS head) with 6 classes at 320x320, trained
-# for 600 iterations of 8 images (schedules/demo_cpu.py: AdamW): 12.2 minutes of training on 2 CPU cores,
-# validations included (benchmarks/RESULTS.md, "The main command now").
+# for 600 iterations of 8 images (schedules/demo_cpu.py: AdamW): 12.5 minutes of training on 2 CPU cores,
+# validations included (benchmarks/RESULTS.md, "The main command, timed").
 _base_ = [
     './_base_/models/fcos_effb0_bifpn.py',
     './_base_/datasets/demo_lmdb_detection.py',

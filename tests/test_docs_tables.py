@@ -118,8 +118,8 @@ def fixed(digits: int, *values: float) -> tuple:
 
 NUM = r'([\d.,]+)'
 RUN_TOTAL = r'\*\*total after install\*\* \| \*\*[\d.]+ \(([\d.]+) min\)\*\*'
-RUN_TRAIN = r'\| train \(600 iterations x 8 images, 4 validations\) \| ([\d.]+) \|'
-RUN_MAP = r'bbox mAP \*\*([\d.]+)\*\* in PyTorch and \*\*([\d.]+)\*\* with ONNX Runtime'
+RUN_TRAIN = r'\| train \(600 iterations x 8 images, validations included\) \| ([\d.]+) \|'
+RUN_MAP = r'\| bbox mAP \(demo val\) \| ([\d.]+) \| ([\d.]+) \|'
 DEMO_COST = r'params/FLOPs \(([\d.]+) M, ([\d.]+) GFLOPs at 320x320\)'
 EFFB0_ROW = (r'\| fcos_effb0 \(HAT recipe\) \| [\d.]+ / ([\d.]+) \| [\d.]+ / ([\d.]+) \| [\d.]+ / ([\d.]+) '
              r'\| ([\d.]+) M \| ([\d.]+) \|')
