@@ -23,9 +23,22 @@ def pytest_configure(config):
                             'minutes each); `pytest -m "not slow"` is the fast inner loop')
 
 
+def _slow_tests() -> set[str]:
+    """The tests ``tests/slow_tests.txt`` names (``path::name``, written by ``tests/slow_tests.py``)."""
+    path = osp.join(osp.dirname(__file__), 'slow_tests.txt')
+    if not osp.isfile(path):
+        return set()
+    with open(path) as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith('#')}
+
+
 def pytest_collection_modifyitems(config, items):
+    slow = _slow_tests()
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
+        name = osp.relpath(str(item.path), REPO) + '::' + item.name.split('[', 1)[0]
+        if item.cls is not None:
+            name = osp.relpath(str(item.path), REPO) + f'::{item.cls.__name__}::' + item.name.split('[', 1)[0]
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())) or name in slow:
             item.add_marker(pytest.mark.slow)
 
 
