@@ -68,9 +68,9 @@ UPSTREAM_OBJECTS = {
 
 
 def test_importing_the_plugin_changes_no_upstream_object():
-    """``import fcos_plugin`` (what every config's ``custom_imports`` does), ``fcos_plugin.deploy`` and
-    ``fcos_plugin.quantization`` register modules and change nothing else: each object that an import
-    once patched is the same object (or an equal value) after the import."""
+    """``import fcos_plugin`` (what every config's ``custom_imports`` does) and ``fcos_plugin.quantization``
+    register modules and change nothing else: each object that an import once patched is the same object
+    (or an equal value) after the import. ``fcos_plugin.deploy`` adds the checkpoint allow-list, exactly."""
     reads = ', '.join(f'{name!r}: {expr}' for name, expr in UPSTREAM_OBJECTS.items())
     code = f'''
         import importlib, warnings
@@ -83,14 +83,25 @@ def test_importing_the_plugin_changes_no_upstream_object():
         from mmengine.runner import Runner, checkpoint as ckpt
         read = lambda: {{{reads}}}
         before = read()
-        import fcos_plugin, fcos_plugin.deploy, fcos_plugin.quantization
+        import fcos_plugin, fcos_plugin.quantization
         after = read()
         changed = [k for k in before if not (after[k] is before[k] or after[k] == before[k])]
         print('changed:', changed)
+        import fcos_plugin.deploy
+        from fcos_plugin.engine.checkpoint_loading import SAFE_CHECKPOINT_GLOBALS
+        deploy = read()
+        print('deploy changed:', [k for k in before if k != 'torch safe globals'
+                                  and not (deploy[k] is before[k] or deploy[k] == before[k])])
+        added = sorted(set(deploy['torch safe globals']) - set(before['torch safe globals']))
+        print('deploy adds the allow-list:', added == sorted(set(map(repr, SAFE_CHECKPOINT_GLOBALS))))
     '''
     proc = _py(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'changed: []' in proc.stdout, proc.stdout
+    assert 'changed: []' in proc.stdout.splitlines()[0], proc.stdout
+    # fcos_plugin.deploy (imported by mmdeploy through the deploy configs) adds the checkpoint allow-list
+    # and nothing else (why: fcos_plugin/deploy/__init__.py)
+    assert 'deploy changed: []' in proc.stdout, proc.stdout
+    assert 'deploy adds the allow-list: True' in proc.stdout, proc.stdout
 
 
 def test_torch_load_is_weights_only_by_default():
