@@ -80,7 +80,7 @@ def main() -> None:
     after = machine_facts()
     maps = dict(float=metrics(osp.join(float_dir, 'test_metrics.json'))['coco/bbox_mAP'],
                 simulated=metrics(osp.join(args.work_dir, 'qat_test', 'test_metrics.json'))['coco/bbox_mAP'],
-                ort=metrics(ort_json)['coco/bbox_mAP'])
+                ort=metrics(ort_json)['metrics']['coco/bbox_mAP'])
     text = '\n'.join([
         SECTION, '',
         f'`python benchmarks/bench_qat.py --float-ckpt {osp.relpath(args.float_ckpt, REPO)} --write` '

@@ -117,6 +117,9 @@ def fixed(digits: int, *values: float) -> tuple:
 
 
 NUM = r'([\d.,]+)'
+QAT_MAPS = (r'\| float checkpoint, PyTorch \| ([\d.]+) \|\n'
+            r'\| QAT \(100 iterations\), PyTorch with the quantization simulated \| ([\d.]+) \|\n'
+            r'\| QAT, exported QDQ model in ONNX Runtime \(int8 kernels\) \| ([\d.]+) \|')
 RUN_TOTAL = r'\*\*total after install\*\* \| \*\*[\d.]+ \(([\d.]+) min\)\*\*'
 RUN_TRAIN = r'\| train \(600 iterations x 8 images, validations included\) \| ([\d.]+) \|'
 RUN_MAP = r'\| bbox mAP \(demo val\) \| ([\d.]+) \| ([\d.]+) \|'
@@ -215,6 +218,13 @@ QUOTES = [
                       r'(\d+)% 的\s+正样本在 P3，(\d+)% 在 P4，(\d+)% 在 P5'))],
     *[Quote(doc, r'AP small ([\d.]+)[,，]\s*medium ([\d.]+)[,，]\s*large ([\d.]+)', AP_SIZES, same,
             'AP by size') for doc in ('docs/en/custom_dataset.md', 'docs/zh_cn/custom_dataset.md')],
+    # get_started (en, zh): QAT of the demo model (bench_qat.py)
+    *[Quote(doc, q, QAT_MAPS, same, 'QAT mAPs') for doc, q in (
+        ('docs/en/get_started.md',
+         r'checkpoint \(([\d.]+) bbox mAP\) the QAT model scores ([\d.]+) simulated and ([\d.]+) as'),
+        ('docs/zh_cn/get_started.md',
+         r'checkpoint（([\d.]+) bbox mAP）出发，\nQAT 模型在模拟 int8 下为 ([\d.]+)，'
+         r'导出的 int8 ONNX 模型在 ONNX Runtime 中为 ([\d.]+)'))],
     # own data docs: the raccoon example's run (test mAP, training minutes)
     *[Quote(doc, q, RACCOON_MAP, same, 'raccoon test mAP')
       for doc, q in (('docs/en/custom_dataset.md', r'\*\*([\d.]+) bbox mAP\*\* on the 40 val photos'),
