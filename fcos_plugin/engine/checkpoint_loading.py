@@ -6,14 +6,15 @@ statistics methods as ``getattr(HistoryBuffer, 'min')``. Weights-only loading re
 torch 2.14 no mmengine checkpoint loads through mmengine, mmdet or mmdeploy as they are.
 
 :func:`safe_checkpoint_loading` is the one place this is answered, for the duration of a ``with`` block
-only (nothing changes for the rest of the process): it allow-lists exactly ``HistoryBuffer``, numpy's
-array/scalar reconstruction (also under numpy 1.x's names) and, for the global ``builtins.getattr``,
-:func:`history_buffer_statistic`, which answers those four statistics methods and refuses everything
-else (it is no ``getattr``). Anything else a checkpoint names is refused by torch's unpickler, so a
-checkpoint that carries code is not executed; the block turns that refusal into
+(torch's allow-list is restored after it; only ``import fcos_plugin.deploy`` keeps these entries for the
+process, for mmdeploy's own API -- why: ``fcos_plugin/deploy/__init__.py``): it allow-lists exactly
+``HistoryBuffer``, numpy's array/scalar reconstruction (also under numpy 1.x's names) and, for the global
+``builtins.getattr``, :func:`history_buffer_statistic`, which answers those four statistics methods and
+refuses everything else (it is no ``getattr``). Anything else a checkpoint names is refused by torch's
+unpickler, so a checkpoint that carries code is not executed; the block turns that refusal into
 :class:`UnsafeCheckpointError` naming the file and the refused object, and a file that is no checkpoint
-at all (empty, truncated, random bytes: told apart by parsing its zip container and pickle opcodes,
-never unpickling) into :class:`CorruptCheckpointError`.
+at all (empty, truncated, random bytes: told apart by parsing its zip container and pickle opcodes, never
+unpickling) into :class:`CorruptCheckpointError`.
 
 Who uses it: :class:`fcos_plugin.engine.CompatRunner` (``load_from``, ``--resume``, ``init_cfg``
 checkpoints), the deploy tools and ``tools/infer.py``. In your own code::
