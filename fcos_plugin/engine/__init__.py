@@ -1,4 +1,4 @@
-"""MMEngine extensions of the plugin: hooks (mmdet's ``HOOKS``), the runner and DDP wrapper
+"""MMEngine extensions of the plugin: hooks (mmdet's ``HOOKS``), the iteration loop (mmdet's ``LOOPS``), the runner and DDP wrapper
 (mmengine's ``RUNNERS`` / ``MODEL_WRAPPERS``), the ``atomic_local`` file backend, and weights-only
 loading of mmengine checkpoints. Configs select them; importing changes nothing else."""
 from .checkpoint_loading import (
@@ -20,10 +20,12 @@ from .hooks import (
     checkpoint_fit,
     shape_mismatches,
 )
+from .loops import DataEpochIterator, DataEpochIterBasedTrainLoop
 from .runner import CompatRunner, CPUCompatDistributedDataParallel
 
 __all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'CompatRunner', 'CorruptCheckpointError',
-           'CPUCompatDistributedDataParallel', 'UnsafeCheckpointError', 'checkpoint_format_problem',
+           'CPUCompatDistributedDataParallel', 'DataEpochIterator', 'DataEpochIterBasedTrainLoop',
+           'UnsafeCheckpointError', 'checkpoint_format_problem',
            'safe_checkpoint_loading',
            'ChannelsLastHook', 'CheckpointFitsModelHook', 'CheckpointMismatchError', 'NonFiniteLossError',
            'NumClassesMatchDatasetHook', 'NumClassesMismatchError', 'StopOnNonFiniteLossHook', 'all_finite',

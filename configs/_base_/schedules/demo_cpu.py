@@ -6,7 +6,9 @@
 # schedule of the COCO recipe, which is tuned for 300 epochs (see RESULTS.md for the comparison).
 max_iters = 600
 val_interval = 150
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
+# DataEpochIterBasedTrainLoop (fcos_plugin.engine.loops): mmengine's IterBasedTrainLoop, same batches,
+# without its "Reach the end of the dataloader" warning and 2 s sleep each time the data starts again.
+train_cfg = dict(type='DataEpochIterBasedTrainLoop', max_iters=max_iters, val_interval=val_interval)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 param_scheduler = [
