@@ -13,7 +13,9 @@ and normalised by the val pipeline and data preprocessor) -- PyTorch ``model.pre
 post-processing + NMS) vs one ONNX Runtime ``run`` of the float and the int8 model. Each backend is timed
 in blocks of its own (2 warm-up runs, then timed runs), the blocks alternating over ``--rounds`` rounds:
 an ONNX Runtime session's idle thread pool keeps spinning after a run and slows whatever runs next, so
-run-by-run interleaving measures the neighbours, not the model. The share of the int8 model's
+run-by-run interleaving measures the neighbours, not the model. The int8 / float ratio is also printed
+round by round: this shared 2-core machine drifts by tens of percent over minutes, and the spread of
+those paired ratios says how far one run's figure can be trusted. The share of the int8 model's
 convolution multiply-adds that ONNX Runtime runs as int8 kernels is read from its optimized graph
 (``fcos_plugin.deploy.inspection``). The machine (CPU model and flags, load before and after) is printed
 with the table; ``--write`` puts it into benchmarks/RESULTS.md under "## ONNX export and int8" (the
@@ -26,6 +28,7 @@ import copy
 import datetime
 import os.path as osp
 
+import numpy as np
 import torch
 from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
 from results_md import write_section
@@ -63,9 +66,9 @@ def main(argv=None):
     from fcos_plugin.deploy.evaluation import (
         evaluate,
         latency_input,
-        median_latency_ms,
         ort_session,
         pytorch_model,
+        timed_rounds,
     )
     from fcos_plugin.deploy.inspection import conv_kernels, int8_conv_fraction
     torch.set_num_threads(args.threads)
@@ -80,7 +83,7 @@ def main(argv=None):
     sessions = {name: ort_session(path, args.threads)
                 for name, path in (('ORT float', float_model), ('ORT int8', int8_model))}
 
-    lat, int8_share = {}, {}
+    lat, int8_share, round_ratios = {}, {}, {}
     for side in args.sizes:
         x, samples = latency_input(cfg, float_model, shape=(side, side))
         x_np = x.numpy()
@@ -88,7 +91,12 @@ def main(argv=None):
                lambda x=x, s=samples: torch_model.predict(x, copy.deepcopy(s), rescale=False)}
         for name, session in sessions.items():
             fns[name] = lambda session=session, x_np=x_np: session.run(None, {'input': x_np})
-        lat[side] = median_latency_ms(fns, args.runs, warmup=2, rounds=args.rounds)
+        times = timed_rounds(fns, args.runs, warmup=2, rounds=args.rounds)
+        lat[side] = {name: 1000 * float(np.median(sum(blocks, []))) for name, blocks in times.items()}
+        # int8 vs float round by round: both blocks of a round ran minutes apart at most, so the
+        # machine's drift (it is shared) shows as the spread of these, not as a shifted median
+        round_ratios[side] = [float(np.median(f) / np.median(q))
+                              for f, q in zip(times['ORT float'], times['ORT int8'])]
         int8_share[side] = int8_conv_fraction(conv_kernels(int8_model, x_np))
         print(f'{side}x{side}: ' + ', '.join(f'{k} {v:.1f} ms' for k, v in lat[side].items()), flush=True)
 
@@ -129,6 +137,10 @@ def main(argv=None):
         f'runs per backend and size, each backend in blocks of its own over {args.rounds} alternating '
         'rounds after 2 warm-up runs per block; the first val image resized to each size.', '',
         *rows, '',
+        f'ORT int8 vs ORT float in each of the {args.rounds} rounds (median of the round\'s runs, '
+        'float / int8): ' + '; '.join(
+            f'{k}x{k}: ' + ', '.join(f'{r:.2f}x' for r in v) + f' (lowest {min(v):.2f}x)'
+            for k, v in round_ratios.items()) + '.', '',
         f'bbox mAP on {n_val} demo val images at the config\'s input size:', '', *map_rows, ''])
     print(text)
     if args.write:

@@ -5,9 +5,9 @@
   the config's val set, with the config's ``val_evaluator``;
 * :func:`latency_input` -- the network input of one real val image, preprocessed exactly as
   :func:`evaluate` preprocesses it (so its size is the one the model is evaluated at);
-* :func:`ort_session` and :func:`median_latency_ms` -- ONNX Runtime CPU sessions with a fixed thread
-  count, and the median time of several callables, each timed in blocks of its own (an idle ONNX
-  Runtime thread pool spinning after a run slows whatever runs next).
+* :func:`ort_session`, :func:`timed_rounds` and :func:`median_latency_ms` -- ONNX Runtime CPU sessions
+  with a fixed thread count, and the times (per round, or the median) of several callables, each timed
+  in blocks of its own (an idle ONNX Runtime thread pool spinning after a run slows whatever runs next).
 
 The input size of an ONNX model is checked against its deploy config and ``export_meta.json`` by
 :func:`fcos_plugin.deploy.checks.check_input_shape` before anything runs.
@@ -28,7 +28,7 @@ from .configs import deploy_cfg_for, load_deploy_cfg, load_model_cfg, static_inp
 from .data import build_dataloader, static_pipeline
 
 __all__ = ['evaluate', 'latency_input', 'median_latency_ms', 'onnx_latency_fns', 'onnx_latency_ms',
-           'ort_session', 'pytorch_model']
+           'ort_session', 'pytorch_model', 'timed_rounds']
 
 
 def evaluate(model_cfg: str | Config,
@@ -149,21 +149,22 @@ def ort_session(model: str, threads: int = 2):
     return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
 
-def median_latency_ms(fns: dict[str, Callable[[], object]], runs: int = 10,
-                      warmup: int = 2, rounds: int = 2) -> dict[str, float]:
-    """Median wall time in milliseconds of each callable, each timed in blocks of its own.
+def timed_rounds(fns: dict[str, Callable[[], object]], runs: int = 10, warmup: int = 2,
+                 rounds: int = 2) -> dict[str, list[list[float]]]:
+    """Wall times in seconds of each callable, per round: ``{name: [[round 0 times], ...]}``.
 
     An ONNX Runtime session's intra-op thread pool keeps spinning for a while after each ``run``, so
     callables timed run by run, interleaved, slow each other down (the same float model: ~24 ms alone,
     ~47 ms interleaved with an int8 one on the 2-core machine of benchmarks/RESULTS.md). Each callable
     therefore runs in a block: ``warmup`` untimed runs, then its timed runs; the blocks of all callables
     alternate over ``rounds`` rounds (the order reversed every other round), so slow drift of the
-    machine hits them alike. ``runs`` timed runs in all, split over the rounds.
+    machine hits them alike, and a ratio of two callables can be taken round by round. ``runs`` timed
+    runs in all, split over the rounds.
     """
     if runs < 1:
         raise ValueError(f'runs must be >= 1, got {runs}')
     rounds = max(1, min(rounds, runs))
-    times: dict[str, list] = {name: [] for name in fns}
+    times: dict[str, list[list[float]]] = {name: [] for name in fns}
     items = list(fns.items())
     with torch.no_grad():
         for r in range(rounds):
@@ -171,11 +172,21 @@ def median_latency_ms(fns: dict[str, Callable[[], object]], runs: int = 10,
             for name, fn in (items if r % 2 == 0 else items[::-1]):
                 for _ in range(warmup):
                     fn()
+                block = []
                 for _ in range(n):
                     t0 = time.perf_counter()
                     fn()
-                    times[name].append(time.perf_counter() - t0)
-    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+                    block.append(time.perf_counter() - t0)
+                times[name].append(block)
+    return times
+
+
+def median_latency_ms(fns: dict[str, Callable[[], object]], runs: int = 10,
+                      warmup: int = 2, rounds: int = 2) -> dict[str, float]:
+    """Median wall time in milliseconds of each callable over all its runs, each callable timed in
+    blocks of its own (:func:`timed_rounds`)."""
+    times = timed_rounds(fns, runs, warmup, rounds)
+    return {name: 1000 * float(np.median(sum(blocks, []))) for name, blocks in times.items()}
 
 
 def onnx_latency_fns(models: dict[str, str], x: np.ndarray, threads: int = 2) -> dict[str, Callable]:
