@@ -7,8 +7,11 @@ From the float checkpoint ``CKPT`` (the main command's best, e.g.
 QAT section, each run as a tool: ``tools/train.py configs/fcos_effb0_demo_qat.py`` (calibration, 100
 iterations with the quantization simulated), ``tools/test.py`` on its checkpoint (simulated int8 in
 PyTorch), ``tools/deploy/export_onnx.py`` (the QDQ model) and ``tools/deploy/test_onnx.py`` (that model
-in ONNX Runtime); the float checkpoint is evaluated by ``tools/test.py`` too. Prints (``--write``:
-writes into ``benchmarks/RESULTS.md``) the bbox mAPs, the wall time of each step and the machine.
+in ONNX Runtime); the float checkpoint is evaluated by ``tools/test.py`` too, and so is its float twin of
+the QAT run, ``configs/fcos_effb0_demo_finetune.py`` (the same 100 iterations and schedule without the
+quantization): the control that says how much of QAT's score is fine-tuning and how much is QAT.
+Prints (``--write``: writes into ``benchmarks/RESULTS.md``) the bbox mAPs, the wall time of each step
+and the machine.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from results_md import write_section
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FLOAT_CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
 QAT_CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo_qat.py')
+FINETUNE_CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo_finetune.py')
 SECTION = '## Quantization-aware training (QAT) of the demo model'
 END_MARK = '<!-- written by benchmarks/bench_qat.py -->'
 
@@ -59,9 +63,16 @@ def main() -> None:
     float_dir, qat_dir = osp.join(args.work_dir, 'float_test'), osp.join(args.work_dir, 'qat')
     qat_ckpt, onnx_dir = osp.join(qat_dir, 'iter_100.pth'), osp.join(args.work_dir, 'onnx')
     ort_json = osp.join(args.work_dir, 'qat_onnx_metrics.json')
+    ft_dir = osp.join(args.work_dir, 'finetune')
     steps = {
         'float: tools/test.py': ['tools/test.py', FLOAT_CFG, args.float_ckpt, '--work-dir', float_dir,
                                  '--cfg-options', *data],
+        'float fine-tune: tools/train.py (100 iterations)': [
+            'tools/train.py', FINETUNE_CFG, '--work-dir', ft_dir, '--cfg-options',
+            f'load_from={args.float_ckpt}', *data],
+        'float fine-tune: tools/test.py': [
+            'tools/test.py', FINETUNE_CFG, osp.join(ft_dir, 'iter_100.pth'), '--work-dir',
+            osp.join(args.work_dir, 'finetune_test'), '--cfg-options', *data],
         'QAT: tools/train.py (calibration + 100 iterations)': [
             'tools/train.py', QAT_CFG, '--work-dir', qat_dir, '--cfg-options',
             f'load_from={args.float_ckpt}', *data],
@@ -79,6 +90,8 @@ def main() -> None:
         seconds[name] = run(*cmd)
     after = machine_facts()
     maps = dict(float=metrics(osp.join(float_dir, 'test_metrics.json'))['coco/bbox_mAP'],
+                finetune=metrics(osp.join(args.work_dir, 'finetune_test',
+                                          'test_metrics.json'))['coco/bbox_mAP'],
                 simulated=metrics(osp.join(args.work_dir, 'qat_test', 'test_metrics.json'))['coco/bbox_mAP'],
                 ort=metrics(ort_json)['metrics']['coco/bbox_mAP'])
     text = '\n'.join([
@@ -88,6 +101,8 @@ def main() -> None:
         markdown_line(before, after), '',
         '| model | bbox mAP (demo val) |', '|---|---|',
         f'| float checkpoint, PyTorch | {maps["float"]:.3f} |',
+        f'| float checkpoint fine-tuned like QAT (100 iterations, no quantization), PyTorch '
+        f'| {maps["finetune"]:.3f} |',
         f'| QAT (100 iterations), PyTorch with the quantization simulated | {maps["simulated"]:.3f} |',
         f'| QAT, exported QDQ model in ONNX Runtime (int8 kernels) | {maps["ort"]:.3f} |', '',
         '| step | wall s |', '|---|---|', *[f'| {k} | {v:.1f} |' for k, v in seconds.items()], ''])

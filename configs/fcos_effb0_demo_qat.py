@@ -2,30 +2,14 @@
 # (fcos_plugin/quantization/: BN folded into int8 per-channel weights, uint8 activations at every
 # point ONNX Runtime runs int8, the head's output convs float), its activation ranges calibrated on
 # 32 train images before training (QATCalibrationHook, min/max), then a short fine-tune from the float
-# checkpoint:
+# checkpoint -- the schedule of fcos_effb0_demo_finetune.py, its float twin:
 #   python tools/train.py configs/fcos_effb0_demo_qat.py --cfg-options load_from=FLOAT_CKPT
 # (FLOAT_CKPT: e.g. work_dirs/fcos_effb0_demo/best_coco_bbox_mAP_iter_*.pth), then
 #   python tools/test.py configs/fcos_effb0_demo_qat.py QAT_CKPT              (simulated int8)
 #   python tools/deploy/export_onnx.py --config configs/fcos_effb0_demo_qat.py --ckpt QAT_CKPT \
 #       --onnx-name fcos_qat.onnx                                            (QDQ int8 ONNX model)
-_base_ = './fcos_effb0_demo.py'
+_base_ = './fcos_effb0_demo_finetune.py'
 
-model = dict(
-    type='QATFCOS',
-    qat_cfg=dict(range_momentum=0.0),
-    # every weight comes from the float checkpoint (load_from), not from ImageNet
-    backbone=dict(init_cfg=None))
-load_from = None  # required: --cfg-options load_from=FLOAT_CKPT
-
-max_iters = 100
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
-# a fine-tune: constant small learning rate after a short warm-up
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
-    dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=10, end=max_iters),
-]
-optim_wrapper = dict(optimizer=dict(lr=1e-4))
-default_hooks = dict(checkpoint=dict(interval=max_iters))
+model = dict(type='QATFCOS', qat_cfg=dict(range_momentum=0.0))
 custom_hooks = [dict(type='ChannelsLastHook'),
                 dict(type='QATCalibrationHook', num_images=32, batch_size=8)]
-randomness = dict(seed=0, deterministic=True)
