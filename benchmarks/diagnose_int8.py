@@ -37,6 +37,7 @@ MAP = 'coco/bbox_mAP'
 #: (label, quantize_int8 keyword arguments)
 SCHEMES = (
     ('convolutions only (all of them)', dict(op_types=('Conv',), float_head_outputs=False)),
+    ('network, fusion weights multiplied at run time', dict(fold_scales=False)),
     ('network, head outputs float (default)', dict()),
     ('network, head outputs int8 too', dict(float_head_outputs=False)),
 )
@@ -104,7 +105,7 @@ def main():
             '|---|---|---|---|---|---|---|---|']
     profiles = {}
     lat = {side: median_latency_ms({k: (lambda s=ort_session(m, args.threads), x=x: s.run(None, {'input': x}))
-                                    for k, m in models.items()}, args.runs, warmup=2, rounds=2)
+                                    for k, m in models.items()}, args.runs, warmup=2, rounds=4)
            for side, x in inputs.items()}
     for label, model in models.items():
         kernels = conv_kernels(model, inputs[320])
@@ -150,7 +151,8 @@ def main():
         f'Float model: bbox mAP {float_map:.3f} on the demo val set. Every int8 model: ONNX Runtime static '
         f'QDQ, per-channel symmetric int8 weights, uint8 activations, MinMax over {args.num_calib} train '
         'images unless the row says otherwise. Latency: end to end, the first val image, '
-        f'{args.threads} threads, median of {args.runs} runs, each model in blocks of its own.', '',
+        f'{args.threads} threads, median of {args.runs} runs, each model in blocks of its own over 4 '
+        'alternating rounds.', '',
         *rows, '', 'ONNX Runtime profile at 320x320, milliseconds per run by operator type (the six largest '
         'of each model):', '', *prof_rows, '',
         *([f'Sensitivity: each block quantized alone (MinMax, {args.num_calib} images), the rest float:',

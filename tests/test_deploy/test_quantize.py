@@ -9,6 +9,9 @@ post-processing, and a report with the mAP and latency of both models, checked a
 * **Kernels** (:func:`test_int8_network_runs_as_fused_int8_kernels`): >= 90 % of the convolution
   multiply-adds run as int8 kernels in ONNX Runtime's optimized graph, and no float result between them
   is quantized again (a conv-only quantization requantizes 96 of them).
+* **Fusion weights folded** (:func:`test_fusion_weights_are_folded_into_scales`): no BiFPN fusion weight
+  is multiplied at run time; each folded scale divided by its input's scale is one of the checkpoint's
+  normalised fusion weights (PyTorch's ``FastNormalizedFusion.normalized_weights``), all of them once.
 * **Accuracy** (:func:`test_int8_map_within_one_point_of_float`): int8 bbox mAP within 1.0 point of
   the float model's on the demo val set.
 * **Report** (:func:`test_report_equals_reference_evaluations`): on the seeded, trained session
@@ -225,6 +228,34 @@ def test_int8_network_runs_as_fused_int8_kernels(int8_run):
     fraction = int8_conv_fraction(kernels)
     assert fraction >= 0.9, (fraction, [(k.name, k.op_type) for k in kernels if not k.int8][:20])
     assert requantizations(int8_run['out']) == 0
+
+
+def test_fusion_weights_are_folded_into_scales(demo_trained, int8_run):
+    """The BiFPN's fusion weights are constants of a trained model: the int8 graph multiplies by none of
+    them (each ``QLinearMul`` cost ~16 us) but reads each fusion input at its scale times its weight.
+    The reference is the checkpoint: ``relu(v) / (sum(relu(v)) + eps)`` of every fusion module."""
+    import torch
+
+    from fcos_plugin.models.necks.bifpn import FUSION_EPS
+    state = torch.load(demo_trained['checkpoint'], map_location='cpu', weights_only=False)['state_dict']
+    expected = []
+    for key, v in state.items():
+        if key.startswith('neck.') and key.endswith('fusion.weight'):
+            w = torch.relu(v)
+            expected += (w / (w.sum() + FUSION_EPS)).tolist()
+    assert len(expected) > 20 and min(expected) > 0
+    model = onnx.load(int8_run['out'])
+    values, producer = _constants(model), {o: n for n in model.graph.node for o in n.output}
+    assert not [n.name for n in model.graph.node if n.op_type == 'Mul' and n.name.startswith('/neck/')]
+    ratios = {}  # folded scale -> folded scale / the scale its input was quantized at
+    for dq in model.graph.node:
+        if dq.op_type == 'DequantizeLinear' and dq.input[1].endswith('_folded_scale'):
+            source = producer[dq.input[0]]  # the fusion input's quantization
+            assert source.op_type == 'QuantizeLinear', dq.name
+            assert values[dq.input[2]] == values[source.input[2]], dq.name  # read at its zero point
+            ratios[dq.input[1]] = float(values[dq.input[1]] / values[source.input[1]])
+    assert int8_run['report']['quantization']['folded_scales'] == len(ratios) == len(expected)
+    np.testing.assert_allclose(sorted(ratios.values()), sorted(expected), rtol=1e-4)
 
 
 def test_int8_map_within_one_point_of_float(int8_run):

@@ -4,13 +4,15 @@ config's LMDB train set; then COCO mAP and latency of the float and int8 models 
 
     python tools/deploy/quantize_onnx.py CONFIG MODEL.onnx [--out MODEL_int8.onnx]
         [--num-calib 32] [--calib-method MinMax|Percentile|Entropy] [--percentile 99.999]
-        [--no-per-channel] [--reduce-range] [--int8-head-outputs]
+        [--no-per-channel] [--reduce-range] [--int8-head-outputs] [--no-fold-scales]
         [--no-eval] [--num-images N] [--checkpoint CKPT] [--cfg-options k=v ...] [--force]
 
 The network -- backbone, BiFPN and head towers: convolutions, activations, additions, fusion weights,
 resize, max-pool -- is quantized as QDQ (int8 per-channel symmetric weights, uint8 activations), so that
 ONNX Runtime runs it as a chain of int8 kernels; the head's output convolutions, score computation, box
-decoding, top-k and NMS stay float (``--int8-head-outputs`` quantizes those convolutions too). On a CPU
+decoding, top-k and NMS stay float (``--int8-head-outputs`` quantizes those convolutions too). The
+BiFPN's fusion weights, constants of a trained model, are folded into the scales its inputs are read at
+instead of being multiplied at run time (``--no-fold-scales`` keeps the multiplications). On a CPU
 without VNNI/AMX the weights are 7-bit (``reduce_range``) automatically; ``--reduce-range`` forces it.
 The deploy config is the ``deploy_cfg.py`` next to the model (written by ``export_onnx.py``); the int8
 model reuses the model's directory files (``pipeline.json``...), so by default it is written next to it.
@@ -66,6 +68,9 @@ def parse_args():
                              'products saturate)')
     parser.add_argument('--int8-head-outputs', action='store_true',
                         help="quantize the head's output convolutions too (float by default)")
+    parser.add_argument('--no-fold-scales', action='store_true',
+                        help='multiply by the BiFPN fusion weights at run time instead of folding them '
+                             'into the dequantization scales')
     parser.add_argument('--no-eval', action='store_true', help='skip the mAP/latency comparison')
     parser.add_argument('--num-images', type=int, help='evaluate on the first N val images only')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -88,7 +93,8 @@ def main():
     info = quantize_int8(cfg, args.model, out, args.deploy_cfg, num_calib=args.num_calib,
                          per_channel=not args.no_per_channel, reduce_range=args.reduce_range,
                          calibrate_method=args.calib_method, percentile=args.percentile,
-                         float_head_outputs=not args.int8_head_outputs, force=args.force)
+                         float_head_outputs=not args.int8_head_outputs,
+                         fold_scales=not args.no_fold_scales, force=args.force)
     if args.no_eval:
         return
     models = dict(float=args.model, int8=out)
