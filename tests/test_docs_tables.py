@@ -118,8 +118,13 @@ def fixed(digits: int, *values: float) -> tuple:
 
 NUM = r'([\d.,]+)'
 QAT_MAPS = (r'\| float checkpoint, PyTorch \| ([\d.]+) \|\n'
+            r'\| float checkpoint fine-tuned like QAT [^\n]*\n'
             r'\| QAT \(100 iterations\), PyTorch with the quantization simulated \| ([\d.]+) \|\n'
             r'\| QAT, exported QDQ model in ONNX Runtime \(int8 kernels\) \| ([\d.]+) \|')
+QAT_CONTROL = (r'\| float checkpoint, PyTorch \| ([\d.]+) \|\n'
+               r'\| float checkpoint fine-tuned like QAT \(100 iterations, no quantization\), PyTorch '
+               r'\| ([\d.]+) \|\n'
+               r'\| QAT \(100 iterations\), PyTorch with the quantization simulated \| ([\d.]+) \|')
 RUN_TOTAL = r'\*\*total after install\*\* \| \*\*[\d.]+ \(([\d.]+) min\)\*\*'
 RUN_TRAIN = r'\| train \(600 iterations x 8 images, validations included\) \| ([\d.]+) \|'
 RUN_MAP = r'\| bbox mAP \(demo val\) \| ([\d.]+) \| ([\d.]+) \|'
@@ -225,6 +230,15 @@ QUOTES = [
         ('docs/zh_cn/get_started.md',
          r'checkpoint（([\d.]+) bbox mAP）出发，\nQAT 模型在模拟 int8 下为 ([\d.]+)，'
          r'导出的 int8 ONNX 模型在 ONNX Runtime 中为 ([\d.]+)'))],
+    *[Quote(doc, q, QAT_CONTROL,
+            lambda f, t, q: (t, *fixed(1, 100 * (float(t) - float(f)), 100 * (float(q) - float(f)))),
+            'QAT vs its float fine-tune') for doc, q in (
+        ('docs/en/get_started.md', r'of the same schedule \(`configs/fcos_effb0_demo_finetune.py`, the '
+                                   r'QAT\s+config\'s\s+parent\) scores ([\d.]+): the extra iterations are '
+                                   r'([\d.]+) of\s+QAT\'s ([\d.]+) points'),
+        ('docs/zh_cn/get_started.md', r'同样日程的浮点微调（`configs/fcos_effb0_demo_finetune.py`，'
+                                      r'\s*QAT 配置的父配置）\s*得到\s*([\d.]+)：额外的迭代占\s*([\d.]+)\s*'
+                                      r'个点，QAT 共高出\s*([\d.]+)\s*个点'))],
     # own data docs: the raccoon example's run (test mAP, training minutes)
     *[Quote(doc, q, RACCOON_MAP, same, 'raccoon test mAP')
       for doc, q in (('docs/en/custom_dataset.md', r'\*\*([\d.]+) bbox mAP\*\* on the 40 val photos'),
