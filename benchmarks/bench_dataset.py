@@ -1,17 +1,19 @@
 #!/usr/bin/env python
 """LmdbCocoDataset vs mmdet's CocoDataset: read throughput, construction time and resident memory.
 
-    .venv/bin/python benchmarks/bench_dataset.py [--scales 1000 10000 118287] [--workers 2]
+    .venv/bin/python benchmarks/bench_dataset.py [--scales 1000 10000 118287] [--workers 2] [--write]
 
 1. Throughput: images/s through the same train pipeline and worker count, over the real tiny COCO train split
    (JPEG files vs the LMDB pack), both measured in this run; the ratio is what matters.
 2. Scale: a synthetic COCO train2017-sized split (118k images, ~7.3 boxes per image, small JPEGs) packed by
    the real packer; construction time and resident-memory growth of each dataset, each in a fresh process.
-Prints a Markdown table and appends nothing by itself; copy the output into benchmarks/RESULTS.md.
+Prints both tables and the machine (CPU, load before and after); ``--write`` puts them into
+benchmarks/RESULTS.md, "LMDB dataset vs mmdet CocoDataset" (the commentary under them is kept).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import os.path as osp
@@ -24,6 +26,8 @@ import numpy as np
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = osp.join(REPO, '..', 'shared', 'data', 'tiny_coco')
+SECTION = '## LMDB dataset vs mmdet CocoDataset'
+END_MARK = '<!-- end of bench_dataset.py output; commentary below is kept by --write -->'
 
 TRAIN_PIPELINE = [
     dict(type='LoadImageFromFile'),
@@ -150,32 +154,52 @@ def main() -> None:
     if not osp.isdir(osp.join(tiny_packed, 'train_lmdb')):
         pack_coco(TINY, tiny_packed, 'train', progress=False, log=lambda s: None)
     rates = throughput(tiny_packed, args.workers, args.epochs)
-    print('\n## Read throughput (tiny COCO train, 512 train pipeline, '
-          f'{args.workers} workers, batch 8)\n')
-    print('| reader | images/s |\n|---|---|')
-    print(f'| CocoDataset (JPEG files) | {rates["json"]:.1f} |')
-    print(f'| LmdbCocoDataset | {rates["lmdb"]:.1f} |')
-    print(f'\nratio LMDB / files: **{rates["lmdb"] / rates["json"]:.2f}x**')
+    read = [f'### Read throughput (same 512 train pipeline, {args.workers} workers, batch 8, real tiny COCO '
+            'train JPEGs)', '', '| reader | images/s |', '|---|---|',
+            f'| CocoDataset (JPEG files) | {rates["json"]:.1f} |',
+            f'| LmdbCocoDataset | {rates["lmdb"]:.1f} |',
+            '', f'Ratio LMDB / files: **{rates["lmdb"] / rates["json"]:.2f}x** ({args.epochs} alternating '
+            'epochs per reader).']
+    print('\n'.join(read), flush=True)
 
-    print('\n## Construction time and resident memory (filter_empty_gt, min_size=32), fresh process each\n')
-    print('| images | boxes | pack s | CocoDataset s | LMDB s | CocoDataset MB | LMDB MB | memory ratio |')
-    print('|---|---|---|---|---|---|---|---|')
-    for n in args.scales:
+    scale = ['| images | CocoDataset s | LmdbCocoDataset s | CocoDataset MiB | LmdbCocoDataset MiB | '
+             'memory ratio |', '|---|---|---|---|---|---|']
+    packing = boxes = None
+    for k, n in enumerate(args.scales):
         root = osp.join(work, f'scale_{n}')
         make_scaled_split(root, n)
         if not osp.isdir(osp.join(root, 'train_lmdb')):
             t0 = time.perf_counter()
             res = pack_coco(root, root, 'train', progress=False, log=lambda s: None)
-            pack_s = time.perf_counter() - t0
+            packing, boxes = time.perf_counter() - t0, res.num_annotations
         else:
-            res, pack_s = None, float('nan')
+            packing = boxes = None
         j, m = construct('json', root), construct('lmdb', root)
         assert j['len'] == m['len'], (j, m)
-        boxes = res.num_annotations if res else -1
-        print(f'| {n} | {boxes} | {pack_s:.1f} | {j["seconds"]:.2f} | {m["seconds"]:.3f} | '
-              f'{j["rss_mb"]:.0f} | {m["rss_mb"]:.1f} | {j["rss_mb"] / max(m["rss_mb"], 0.1):.0f}x |',
-              flush=True)
-    print('\n' + markdown_line(before))
+        b = '**' if k == len(args.scales) - 1 else ''  # the full-scale row
+        lmdb_mib = f'{m["rss_mb"]:.1f}' if m['rss_mb'] < 10 else f'{m["rss_mb"]:.0f}'
+        scale.append(f'| {n:,} | {j["seconds"]:.2f} | {b}{m["seconds"]:.3f}{b} | {j["rss_mb"]:.0f} | '
+                     f'{b}{lmdb_mib}{b} | {b}{j["rss_mb"] / max(m["rss_mb"], 0.1):.0f}x{b} |')
+        print(scale[-1], flush=True)
+    largest = args.scales[-1]
+    split = (f'Synthetic split of {largest:,} images (64x64 JPEGs), '
+             + (f'{boxes:,} boxes, ' if boxes is not None else '') + '80 classes, made by '
+             '`make_scaled_split` and packed by the real packer'
+             + (f' in {packing:.0f} s ({largest / packing:,.0f} images/s, every image decoded to verify it)'
+                if packing else ' (pack reused from an earlier run: its time is not measured)')
+             + '; `filter_cfg=dict(filter_empty_gt=True, min_size=32)`. Resident memory is the growth of '
+             'the process while the dataset is built, in MiB (every DataLoader worker is a copy of that '
+             'process).')
+    cmd = '.venv/bin/python benchmarks/bench_dataset.py' + (
+        '' if args.scales == [1000, 10000, 118287] else f' --scales {" ".join(map(str, args.scales))}')
+    text = '\n'.join([
+        SECTION, '', f'`{cmd} --write` ({datetime.date.today()}).', '', markdown_line(before), '',
+        '### Construction time and resident memory (COCO train2017 scale, boxes only, fresh process each)',
+        '', split, '', *scale, '', *read, ''])
+    print(text)
+    if args.write:
+        from results_md import write_section
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 
 if __name__ == '__main__':
