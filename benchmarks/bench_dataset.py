@@ -144,6 +144,7 @@ def main() -> None:
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--epochs', type=int, default=8, help='alternating epochs per reader')
     p.add_argument('--work-dir', default=None)
+    p.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     args = p.parse_args()
     from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
     before = machine_facts()

@@ -1,6 +1,7 @@
-"""MMEngine extensions of the plugin: hooks (mmdet's ``HOOKS``), the iteration loop (mmdet's ``LOOPS``), the runner and DDP wrapper
-(mmengine's ``RUNNERS`` / ``MODEL_WRAPPERS``), the ``atomic_local`` file backend, and weights-only
-loading of mmengine checkpoints. Configs select them; importing changes nothing else."""
+"""MMEngine extensions of the plugin: hooks (mmdet's ``HOOKS``), the iteration loop (mmdet's
+``LOOPS``), the runner and DDP wrapper (mmengine's ``RUNNERS`` / ``MODEL_WRAPPERS``), the ``atomic_local``
+file backend, and weights-only loading of mmengine checkpoints. Configs select them; importing changes
+nothing else."""
 from .checkpoint_loading import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
