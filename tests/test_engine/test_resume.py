@@ -83,7 +83,10 @@ def test_ctrl_c_says_where_training_stopped_and_how_to_go_on(demo_packed, tmp_pa
     to ``--resume`` from, which loads (it used to end in a KeyboardInterrupt traceback, status -2)."""
     work = str(tmp_path / 'work')
     out, err = open(tmp_path / 'out.log', 'w'), open(tmp_path / 'err.log', 'w')
-    run = subprocess.Popen(_cmd(demo_packed, work), stdout=out, stderr=err, cwd=REPO, start_new_session=True)
+    # SIGINT's default action restored in the child: a test run started in the background of a
+    # non-interactive shell (nohup ... &) ignores SIGINT, the trainer would inherit that and finish
+    run = subprocess.Popen(_cmd(demo_packed, work), stdout=out, stderr=err, cwd=REPO, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pattern = re.compile(rf'Iter\(train\)\s+\[\s*{KILL_AFTER}/{ITERS}\]')
     deadline = time.time() + 600
     while time.time() < deadline and run.poll() is None:
