@@ -127,8 +127,9 @@ def _fold_constant_scales(path: str) -> int:
     ``DQ(x; s, z) -> Mul(DQ(w)) -> Q(y; s_y, z_y) -> DQ(y; s_y, z_y)`` becomes ``DQ(x; s * w, z)``.
 
     The value read is the same, less one rounding (to ``s_y``). ONNX Runtime otherwise runs one
-    ``QLinearMul`` per fusion input (57 in fcos_effb0, 0.9 ms of the int8 model's 13 ms at 320x320 on the
-    machine of benchmarks/RESULTS.md); folded, the fusion's inputs go straight into its ``QLinearAdd``,
+    ``QLinearMul`` per fusion input (57 in fcos_effb0, 1.0 ms of its ONNX Runtime profile at 320x320:
+    benchmarks/RESULTS.md, "int8: where accuracy and time go"); folded, the fusion's inputs go straight
+    into its ``QLinearAdd``,
     which takes each input at a scale of its own. Returns the number of multiplications folded."""
     import onnx
     from onnx import numpy_helper
