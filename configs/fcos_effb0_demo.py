@@ -1,6 +1,6 @@
 # CPU-sized FCOS-EfficientNet-B0 on the built-in demo data (the main command's default): the model of
 # fcos_effb0.py (Lite0 ImageNet weights, BiFPN, tuned FCOS head) with 6 classes at 320x320, trained
-# for 600 iterations of 8 images (schedules/demo_cpu.py: AdamW): 12.5 minutes of training on 2 CPU cores,
+# for 600 iterations of 8 images (schedules/demo_cpu.py: AdamW): 11.3 minutes of training on 2 CPU cores,
 # validations included (benchmarks/RESULTS.md, "The main command, timed").
 _base_ = [
     './_base_/models/fcos_effb0_bifpn.py',
