@@ -66,6 +66,7 @@ def main(argv=None):
     from fcos_plugin.deploy.evaluation import (
         evaluate,
         latency_input,
+        median_ms,
         ort_session,
         pytorch_model,
         timed_rounds,
@@ -92,7 +93,7 @@ def main(argv=None):
         for name, session in sessions.items():
             fns[name] = lambda session=session, x_np=x_np: session.run(None, {'input': x_np})
         times = timed_rounds(fns, args.runs, warmup=2, rounds=args.rounds)
-        lat[side] = {name: 1000 * float(np.median(sum(blocks, []))) for name, blocks in times.items()}
+        lat[side] = median_ms(times)
         # int8 vs float round by round: both blocks of a round ran minutes apart at most, so the
         # machine's drift (it is shared) shows as the spread of these, not as a shifted median
         round_ratios[side] = [float(np.median(f) / np.median(q))

@@ -18,4 +18,3 @@ param_scheduler = [
 ]
 optim_wrapper = dict(optimizer=dict(lr=1e-4))
 default_hooks = dict(checkpoint=dict(interval=max_iters))
-randomness = dict(seed=0, deterministic=True)

@@ -28,7 +28,7 @@ from .configs import deploy_cfg_for, load_deploy_cfg, load_model_cfg, static_inp
 from .data import build_dataloader, static_pipeline
 
 __all__ = ['evaluate', 'latency_input', 'median_latency_ms', 'onnx_latency_fns', 'onnx_latency_ms',
-           'ort_session', 'pytorch_model', 'timed_rounds']
+           'median_ms', 'ort_session', 'pytorch_model', 'timed_rounds']
 
 
 def evaluate(model_cfg: str | Config,
@@ -185,7 +185,11 @@ def median_latency_ms(fns: dict[str, Callable[[], object]], runs: int = 10,
                       warmup: int = 2, rounds: int = 2) -> dict[str, float]:
     """Median wall time in milliseconds of each callable over all its runs, each callable timed in
     blocks of its own (:func:`timed_rounds`)."""
-    times = timed_rounds(fns, runs, warmup, rounds)
+    return median_ms(timed_rounds(fns, runs, warmup, rounds))
+
+
+def median_ms(times: dict[str, list[list[float]]]) -> dict[str, float]:
+    """Median in milliseconds over all rounds of :func:`timed_rounds`' seconds, per callable."""
     return {name: 1000 * float(np.median(sum(blocks, []))) for name, blocks in times.items()}
 
 
