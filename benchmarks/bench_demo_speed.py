@@ -2,18 +2,22 @@
 """Where a training iteration of the demo detector spends its time, and what layout/size buy.
 
     .venv/bin/python benchmarks/bench_demo_speed.py [--config configs/fcos_effb0_demo.py] [--iters 5]
+        [--write]
 
 One real batch of the config's train dataloader (data/demo must be packed: tools/run_demo.sh) is fed
 through forward + loss + backward + SGD step, timed per stage, for several variants of the same model
 in one process: the previous demo setting (inputs padded to 384, NCHW), inputs padded to 32 only
 (320x320), 320 in ``channels_last`` (what :class:`fcos_plugin.engine.ChannelsLastHook` turns on), and
 that with the stem and stages 0-1 frozen (the demo config's ``frozen_stages=2``).
-Prints a Markdown table with ratios against the first variant.
+Prints a Markdown table with ratios against the first variant and the machine (CPU, load before and
+after); ``--write`` puts them into benchmarks/RESULTS.md, "Demo recipe: where a training iteration's time
+goes" (commentary below the generated part kept).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import os.path as osp
 import time
 
@@ -25,6 +29,10 @@ from mmengine.runner import Runner
 import fcos_plugin  # noqa: F401
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SECTION = "## Demo recipe: where a training iteration's time goes"
+END_MARK = '<!-- end of bench_demo_speed.py output; commentary below is kept by --write -->'
+STAGES = dict(preprocess='preprocess s', backbone_neck='backbone + neck forward s', head='head forward s',
+              assign_loss='assignment + loss s', backward_step='backward + step s', total='total s/iteration')
 
 
 def stage_times(model, data: dict, iters: int) -> dict[str, float]:
@@ -60,6 +68,7 @@ def main() -> None:
     p.add_argument('--config', default=osp.join(REPO, 'configs', 'fcos_effb0_demo.py'))
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     args = p.parse_args()
     from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
     before = machine_facts()
@@ -73,10 +82,10 @@ def main() -> None:
     batch = len(data['inputs'])
     from mmdet.registry import MODELS
     variants = {
-        'pad to 128 (384x384), NCHW': (128, False, -1),
-        'pad to 32 (320x320), NCHW': (32, False, -1),
-        'pad to 32 (320x320), channels_last': (32, True, -1),
-        '+ stem and stages 0-1 frozen (the demo config)': (32, True, 2),
+        '320 padded to 384 (`pad_size_divisor=128`), NCHW': (128, False, -1),
+        'padded to 32 only (320x320)': (32, False, -1),
+        '+ `channels_last` (`ChannelsLastHook`)': (32, True, -1),
+        '+ stem and stages 0-1 frozen at their ImageNet weights (the demo config)': (32, True, 2),
     }
     results = {}
     for name, (divisor, channels_last, frozen) in variants.items():
@@ -91,15 +100,24 @@ def main() -> None:
             model.to(memory_format=torch.channels_last)
         results[name] = stage_times(model, data, args.iters)
         print(f'{name}: {results[name]["total"]:.2f} s/iteration', flush=True)
-    stages = list(next(iter(results.values())))
-    print(f'\nbatch {batch}, {args.threads} threads, median of {args.iters} steps, seconds per stage\n')
-    print('| variant | ' + ' | '.join(stages) + ' | speed-up |')
-    print('|---|' + '---|' * (len(stages) + 1))
     base = next(iter(results.values()))['total']
+    rows = ['| variant | ' + ' | '.join(STAGES.values()) + ' | speed-up |',
+            '|---|' + '---|' * (len(STAGES) + 1)]
     for name, r in results.items():
-        print(f'| {name} | ' + ' | '.join(f'{r[s]:.3f}' for s in stages) + f' | {base / r["total"]:.2f}x |')
-    print('\n' + markdown_line(before))
-
+        rows.append(f'| {name} | ' + ' | '.join(f'{r[s]:.3f}' for s in STAGES)
+                    + f' | {base / r["total"]:.2f}x |')
+    text = '\n'.join([
+        SECTION, '',
+        f'`.venv/bin/python benchmarks/bench_demo_speed.py --iters {args.iters} --write` '
+        f'({datetime.date.today()}): one real batch of {batch} images of the demo train set '
+        f'(`{osp.relpath(args.config, REPO)}`\'s dataloader) through data preprocessing, forward, assignment '
+        f'and loss, backward and an SGD step, {args.threads} threads, median of {args.iters} steps after one '
+        'warm-up; the same model in one process, each row changing one thing from the row above.',
+        '', markdown_line(before), '', *rows, ''])
+    print(text)
+    if args.write:
+        from results_md import write_section
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 if __name__ == '__main__':
     main()

@@ -6,7 +6,9 @@ Runs ``tools/run_demo.py --fresh`` (what ``bash tools/run_demo.sh --fresh`` runs
 the data are reused when packed, training starts from scratch) in its own work directory, records the
 machine and its load average before and after, and prints (``--write``: writes into
 ``benchmarks/RESULTS.md``) the wall seconds of every stage and the three mAPs and latencies of the run's
-own ``summary.json``. Two cores: run it with nothing else running, or the minutes say more about the
+own ``summary.json``; ``--write`` also copies the run's training curve and detection sheet to
+``benchmarks/demo_training_curve.png`` and ``benchmarks/demo_detections.jpg``, which the section shows. Two
+cores: run it with nothing else running, or the minutes say more about the
 other jobs than about the command.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import datetime
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +27,7 @@ from results_md import write_section
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '## The main command, timed'
+PICTURES = {'training_curve.png': 'demo_training_curve.png', 'detections.jpg': 'demo_detections.jpg'}
 END_MARK = '<!-- written by benchmarks/bench_main_command.py -->'
 STAGES = {'data': 'data (generate the demo images if missing, pack)', 'flops': 'params/FLOPs',
           'train': 'train (600 iterations x 8 images, validations included)',
@@ -68,9 +72,16 @@ def main() -> None:
         '| | PyTorch | ONNX Runtime float | ONNX Runtime int8 |', '|---|---|---|---|',
         f'| bbox mAP (demo val) | {maps["pytorch"]:.3f} | {maps["onnx"]:.3f} | {maps["onnx_int8"]:.3f} |',
         f'| latency ms, one val image end to end at {size}, {summary["latency_threads"]} threads '
-        f'| {lat["pytorch"]:.1f} | {lat["onnx"]:.1f} | {lat["onnx_int8"]:.1f} |', ''])
+        f'| {lat["pytorch"]:.1f} | {lat["onnx"]:.1f} | {lat["onnx_int8"]:.1f} |', '',
+        "The run's training curve (from its own log) and the detections of its best checkpoint on the first "
+        'val images (ground truth left, prediction right, score >= '
+        f'{summary.get("draw_score_thr", 0.5):g}):', '',
+        f'![training curve]({PICTURES["training_curve.png"]})', '',
+        f'![demo detections]({PICTURES["detections.jpg"]})', ''])
     print(text)
     if args.write:
+        for name, target in PICTURES.items():
+            shutil.copyfile(osp.join(args.work_dir, name), osp.join(REPO, 'benchmarks', target))
         print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 

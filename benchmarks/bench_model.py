@@ -32,6 +32,7 @@ R50 = 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'  # mmdet's stock config, ship
 EFFDET_D0 = dict(params=3.9e6, flops=2.54e9, ap=34.3)
 COST_SECTION = '## Model cost at 512x512'
 SPEED_SECTION = "## CPU speed at 512x512 vs mmdet's stock FCOS-R50 (same run, 2 threads)"
+SECTIONS = (COST_SECTION, SPEED_SECTION)
 END_MARK = '<!-- end of bench_model.py output; commentary below is kept by --write -->'
 
 

@@ -17,16 +17,19 @@ ImageNet's 87.5 % centre crop does; clipped at the image border), resized to 224
 EfficientNet eval preprocessing does (``preprocessing.py``: ``CROP_FRACTION = 0.875``,
 ``resize_bicubic``).
 
-    .venv/bin/python benchmarks/bench_normalisation.py [--threads 1] [--min-side 32]
+    .venv/bin/python benchmarks/bench_normalisation.py [--threads 1] [--min-side 32] [--write]
 
 About 20 s per row on one busy core (channels_last; on this shared 2-core machine one thread was
 faster than two: 16 s against 62 s for the 414 crops).
 
-Seeded and deterministic (fixed crop order, bootstrap seed 0). Prints Markdown for benchmarks/RESULTS.md.
+Seeded and deterministic (fixed crop order, bootstrap seed 0). Prints the section of benchmarks/RESULTS.md,
+with the machine (CPU, load before and after); ``--write`` puts it there, "Input normalisation"
+(commentary below the generated part kept).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -47,6 +50,8 @@ TINY = os.environ.get('FCOS_TINY_COCO', osp.join(REPO, '..', 'shared', 'data', '
 SIZE = 224  # ARCH_SETTINGS['lite0'] resolution
 CROP_FRACTION = 0.875  # TF EfficientNet eval preprocessing: 224 / (224 + 32)
 BOOTSTRAP = 10000
+SECTION = '## Input normalisation: 127 vs 128'
+END_MARK = '<!-- end of bench_normalisation.py output; commentary below is kept by --write -->'
 
 # COCO category -> ImageNet-1k classes that name the same object, as (index, torchvision's name); a
 # prediction of any of them counts as correct. Only categories whose objects ImageNet names outright;
@@ -222,6 +227,7 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--min-side', type=float, default=32, help='smallest box short side, pixels')
     p.add_argument('--coco', default=TINY)
+    p.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     args = p.parse_args()
     from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
     before = machine_facts()
@@ -246,59 +252,80 @@ def main() -> None:
           f'{args.threads} threads; load average 1/5/15 min at start '
           f'{"/".join(f"{v:.2f}" for v in load_start)}, at end '
           f'{"/".join(f"{v:.2f}" for v in os.getloadavg())}\n')
-
-    print('### All crops: how far each normalisation moves the classifier from the TF one\n')
-    print('| normalisation | top-1 agreement with (x-127)/128 | mean abs logit diff | max abs logit diff '
-          '| mean top-1 softmax confidence |')
-    print('|---|---|---|---|---|')
     top1 = {k: v.argmax(1) for k, v in logits.items()}
+    spread = logits[A].std(1).mean().item()
+
+    rng = np.random.default_rng(0)
+    subsets = {}  # min side -> (crop indices, categories, scores, paired differences per row)
+    for keep in (args.min_side, 96):
+        rows = [i for i, (c, s) in enumerate(zip(names, sides)) if c in mapping and s >= keep]
+        targets = [mapping[names[i]] for i in rows]
+        scores = {k: label_scores(v[rows], targets) for k, v in logits.items()}
+        paired = {}
+        for k in (B, CONTROL, RESIZE):  # the bootstrap draws in this order, as before: same CIs
+            d1 = scores[A]['top1'] - scores[k]['top1']
+            dl = scores[A]['logp'] - scores[k]['logp']
+            paired[k] = dict(
+                only_a=int(((scores[A]['top1'] == 1) & (scores[k]['top1'] == 0)).sum()),
+                only_k=int(((scores[A]['top1'] == 0) & (scores[k]['top1'] == 1)).sum()),
+                d1=d1.mean(), ci1=bootstrap_ci(d1, rng), dl=dl.mean(), cil=bootstrap_ci(dl, rng))
+        subsets[keep] = (rows, sorted({names[i] for i in rows}), scores, paired)
+
+    # Everything below is printed from the numbers above; the merged table is what RESULTS.md shows.
+    (rows, cats, scores, paired), (rows96, _, _, paired96) = subsets[args.min_side], subsets[96]
+    m, m96 = len(rows), len(rows96)
+    table = [f'| input | top-1 agreement with (x-127)/128, {n} crops | mean / max abs logit diff '
+             f'| mean top-1 confidence | top-1 / top-5 correct, {m} labelled '
+             f'| log p(label) diff (CI), {m} labelled | same, {m96} crops >= 96 px |',
+             '|---|---|---|---|---|---|---|']
     for k, v in logits.items():
         agree = int((top1[k] == top1[A]).sum())
         diff = (v - logits[A]).abs()
         conf = v.softmax(1).max(1).values.mean().item()
-        print(f'| {k} | {agree}/{n} ({agree / n:.1%}) | {diff.mean().item():.4f} | '
-              f'{diff.max().item():.4f} | {conf:.4f} |')
-    spread = logits[A].std(1).mean().item()
-    print(f'\n(scale: the logits of one crop have a standard deviation of {spread:.3f} over the 1000 '
-          f'classes on average)\n')
+        k1, k5 = int(scores[k]['top1'].sum()), int(scores[k]['top5'].sum())
 
-    rng = np.random.default_rng(0)
-    for title, keep in ((f'short side >= {args.min_side:g} px', args.min_side),
-                        ('short side >= 96 px (objects near ImageNet scale)', 96)):
-        rows = [i for i, (c, s) in enumerate(zip(names, sides)) if c in mapping and s >= keep]
-        targets = [mapping[names[i]] for i in rows]
-        cats = sorted({names[i] for i in rows})
-        scores = {k: label_scores(v[rows], targets) for k, v in logits.items()}
-        m = len(rows)
-        print(f'### Accuracy on the {m} crops with an ImageNet counterpart, {title} '
-              f'({len(cats)} categories: {", ".join(cats)})\n')
-        print('| normalisation | top-1 correct (95 % Wilson CI) | top-5 correct (95 % Wilson CI) '
-              '| mean log p(label) |')
-        print('|---|---|---|---|')
-        for k, s in scores.items():
-            k1, k5 = int(s['top1'].sum()), int(s['top5'].sum())
-            lo1, hi1 = wilson(k1, m)
-            lo5, hi5 = wilson(k5, m)
-            print(f'| {k} | {k1}/{m} = {k1 / m:.1%} ({lo1:.1%}-{hi1:.1%}) | {k5}/{m} = {k5 / m:.1%} '
-                  f'({lo5:.1%}-{hi5:.1%}) | {s["logp"].mean():.4f} |')
-        print('\nPaired differences against (x-127)/128 (first minus second; 95 % bootstrap CI, '
-              f'{BOOTSTRAP} resamples, seed 0; exact McNemar on the discordant top-1 pairs):\n')
-        print('| vs (x-127)/128 | top-1 right only with 127 / only with the other | McNemar p '
-              '| top-1 accuracy difference (CI) | mean log p(label) difference (CI) |')
-        print('|---|---|---|---|---|')
-        for k in (B, CONTROL, RESIZE):
-            only_a = int(((scores[A]['top1'] == 1) & (scores[k]['top1'] == 0)).sum())
-            only_k = int(((scores[A]['top1'] == 0) & (scores[k]['top1'] == 1)).sum())
-            d1 = scores[A]['top1'] - scores[k]['top1']
-            dl = scores[A]['logp'] - scores[k]['logp']
-            lo1, hi1 = bootstrap_ci(d1, rng)
-            lol, hil = bootstrap_ci(dl, rng)
-            print(f'| {k} | {only_a} / {only_k} | {mcnemar_exact(only_a, only_k):.3g} | '
-                  f'{d1.mean():+.2%} ({lo1:+.2%} to {hi1:+.2%}) | {dl.mean():+.4f} ({lol:+.4f} to '
-                  f'{hil:+.4f}) |')
-        print()
-    print(markdown_line(before))
+        def ci(d: dict) -> str:
+            return f'{d["dl"]:+.4f} ({d["cil"][0]:+.4f} to {d["cil"][1]:+.4f})'
+        table.append(
+            f'| {k} | {agree}/{n}' + ('' if k == A else f' ({agree / n:.1%})')
+            + f' | {diff.mean().item():.4g} / {diff.max().item():.3g} | {conf:.4f} '
+            f'| {k1} ({k1 / m:.1%}) / {k5} ({k5 / m:.1%}) '
+            + ('| - | - |' if k == A else f'| {ci(paired[k])} | {ci(paired96[k])} |'))
+    lo1, hi1 = wilson(int(scores[A]['top1'].sum()), m)
+    flips = [i for i in range(n) if top1[B][i] != top1[A][i]]
+    labelled_flips = [i for i in flips if names[i] in mapping]
+    right = [sum(int(top1[k][i]) in mapping[names[i]] for k in (A, B)) for i in labelled_flips]
 
+    def pair(d: dict) -> str:
+        return (f'{d["only_a"]} / {d["only_k"]}, {d["d1"]:+.1%} ({d["ci1"][0]:+.1%} to {d["ci1"][1]:+.1%}), '
+                f'McNemar p {mcnemar_exact(d["only_a"], d["only_k"]):.2g}')
+    notes = '\n'.join([
+        f'Logit scale: {spread:.3f}, the standard deviation over the 1000 classes of one crop. Top-1 95 % '
+        f'Wilson interval of {int(scores[A]["top1"].sum())}/{m}: {lo1:.1%}-{hi1:.1%}. Top-1 flips between '
+        f'127 and 128: {len(flips)} of {n} crops, {len(labelled_flips)} of them labelled (right under both / '
+        f'one / neither: '
+        f'{right.count(2)} / {right.count(1)} / {right.count(0)}).', '',
+        '| vs (x-127)/128, top-1 of the labelled crops | right only with 127 / only with the row, accuracy '
+        f'difference (CI), exact McNemar: {m} crops | same, {m96} crops >= 96 px |', '|---|---|---|',
+        *[f'| {k} | {pair(paired[k])} | {pair(paired96[k])} |' for k in (B, CONTROL, RESIZE)]])
+    text = '\n'.join([
+        SECTION, '',
+        f'`.venv/bin/python benchmarks/bench_normalisation.py --threads {args.threads} --write` '
+        f'({datetime.date.today()}; {seconds:.0f} s, seeded): `EffNet(\'lite0\', num_classes=1000)` with '
+        f'the shipped ImageNet weights on all {n} non-crowd boxes of tiny COCO val2017 + train2017 with a '
+        f'short side >= {args.min_side:g} px, each a square context crop of side max(w, h) / {CROP_FRACTION} '
+        f'resized bicubic to {SIZE}x{SIZE}, identical for every row except the one thing named. Two '
+        'reference rows: BGR input (the error of `bgr_to_rgb=False`, a control that must show up) and the TF '
+        'normalisation on bilinear instead of bicubic crops (an arbitrary choice nobody tunes). Labelled '
+        f'subset: {m} crops of {len(cats)} COCO categories with an explicit, index-checked ImageNet '
+        f'counterpart (`COCO_TO_IMAGENET` in the script); {m96} of them are >= 96 px, near ImageNet\'s '
+        "object scale. Log p(label): log of the softmax mass on the label's ImageNet classes; differences "
+        f'are (x-127)/128 minus the row, paired, 95 % bootstrap CI ({BOOTSTRAP} resamples, seed 0).',
+        '', markdown_line(before), '', *table, '', notes, ''])
+    print(text)
+    if args.write:
+        from results_md import write_section
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 if __name__ == '__main__':
     main()

@@ -2,24 +2,29 @@
 """Soak: does a long training leak memory? The demo recipe for 2,000 iterations with 2 DataLoader workers.
 
     .venv/bin/python benchmarks/bench_soak.py [--config configs/fcos_effb0_demo.py] [--iters 2000]
-        [--every 100] [--data-root data/demo/] [--work-dir work_dirs/soak] [--plot-only]
+        [--every 100] [--data-root data/demo/] [--work-dir work_dirs/soak] [--plot-only] [--write]
 
 Trains in this process with mmengine's Runner (as tools/train.py does: same config adapter), validating
 every 500 iterations, and records every ``--every`` iterations the resident memory (VmRSS from /proc) of
 the main process and of each DataLoader worker (its child processes). Writes ``WORK_DIR/soak.json`` and
 ``benchmarks/soak_memory.png``, and prints a Markdown table plus the growth from the first record after
 warm-up (iteration ``2 * every``) to the last, per process kind. Memory, not time, is measured, so the
-numbers stand whatever else the machine runs (the load average is recorded anyway).
+numbers stand whatever else the machine runs (the load average is recorded anyway). ``--write`` puts the
+table, the growth and the machine (CPU, load before and after) into benchmarks/RESULTS.md, "Soak"
+(commentary below the generated part kept); with ``--plot-only`` it rewrites them from the saved run.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import os.path as osp
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SECTION = '## Soak: memory over 2,000 iterations'
+END_MARK = '<!-- end of bench_soak.py output; commentary below is kept by --write -->'
 
 
 def rss_mb(pid: int) -> float:
@@ -68,6 +73,7 @@ def main() -> None:
     p.add_argument('--data-root', default=osp.join(REPO, 'data', 'demo') + '/')
     p.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'soak'))
     p.add_argument('--plot-only', action='store_true', help='redraw from WORK_DIR/soak.json')
+    p.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     args = p.parse_args()
     out_json = osp.join(args.work_dir, 'soak.json')
     picture = osp.join(REPO, 'benchmarks', 'soak_memory.png')
@@ -112,24 +118,43 @@ def main() -> None:
         runner.train()
         os.makedirs(args.work_dir, exist_ok=True)
         with open(out_json, 'w') as f:
-            json.dump(dict(config=args.config, iters=args.iters, records=records,
+            json.dump(dict(config=args.config, iters=args.iters, every=args.every,
+                           date=str(datetime.date.today()), records=records,
                            machine=markdown_line(before)), f, indent=1)
     with open(out_json) as f:
         saved = json.load(f)
     records = saved['records']
     plot(records, picture)
-    print('| iteration | main MB | workers MB | load avg |\n|---|---|---|---|')
+    rows = ['| iteration | main MB | workers MB | load avg |', '|---|---|---|---|']
     for r in records:
-        print(f'| {r["iter"]} | {r["main_mb"]:.0f} | ' + ' / '.join(f'{m:.0f}' for m in r['workers_mb'])
-              + f' | {r["load"]:.1f} |')
-    base = next(r for r in records if r['iter'] >= 2 * args.every)
+        rows.append(f'| {r["iter"]} | {r["main_mb"]:.0f} | ' + ' / '.join(f'{m:.0f}' for m in r['workers_mb'])
+                    + f' | {r["load"]:.1f} |')
+    every = saved.get('every', args.every)
+    base = next(r for r in records if r['iter'] >= 2 * every)
     last = records[-1]
     growth = last['main_mb'] - base['main_mb']
-    print(f'\nfrom iteration {base["iter"]} to {last["iter"]}: main {growth:+.0f} MB '
-          f'({last["main_mb"] / base["main_mb"]:.3f}x), workers ' + ', '.join(
-              f'{b - a:+.0f} MB' for a, b in zip(base['workers_mb'], last['workers_mb'])))
+    after_warmup = [r['main_mb'] for r in records if r['iter'] >= base['iter']]
+    growth_line = (f'From iteration {base["iter"]} to {last["iter"]}: main process {growth:+.0f} MB '
+                   f'({last["main_mb"] / base["main_mb"]:.3f}x), train workers ' + ', '.join(
+                       f'{b - a:+.0f} MB' for a, b in zip(base['workers_mb'], last['workers_mb']))
+                   + f'; the main process ranged {min(after_warmup):.0f}-{max(after_warmup):.0f} MB over '
+                   'those records.')
+    text = '\n'.join([
+        SECTION, '',
+        f'`.venv/bin/python benchmarks/bench_soak.py --iters {saved["iters"]} --write` '
+        f'({saved.get("date", "date not recorded")}): `{osp.relpath(saved["config"], REPO)}` for '
+        f'{saved["iters"]:,} iterations in one process, 2 persistent train workers, validation and a '
+        'checkpoint every 500 iterations. Resident memory (VmRSS) of the main process and of its child '
+        f'processes at iteration 1 and every {every}; after the first validation the two persistent val '
+        'workers appear as well (their RSS includes pages shared copy-on-write with the main process). '
+        'Picture: `benchmarks/soak_memory.png`.', '',
+        saved.get('machine', 'Machine: not recorded by this (older) run'), '',
+        *rows, '', growth_line, ''])
+    print(text)
     print(f'picture: {picture}')
-    print(saved.get('machine', 'Machine: not recorded by this (older) run'))
+    if args.write:
+        from results_md import write_section
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 """Why does a trained demo detector score what it scores? Numbers and pictures from one work dir.
 
     .venv/bin/python benchmarks/diagnose_demo.py WORK_DIR [--config CFG] [--ckpt CKPT]
-        [--score-thr 0.3 0.5] [--data-root data/demo/] [--out-dir WORK_DIR/diagnosis]
+        [--score-thr 0.3 0.5] [--data-root data/demo/] [--out-dir WORK_DIR/diagnosis] [--write]
 
 From a ``tools/train.py`` work directory (default config: the one it saved; checkpoint: its last):
 
@@ -15,11 +15,15 @@ From a ``tools/train.py`` work directory (default config: the one it saved; chec
    the checkpoint on training images, positives per object by level and by object size;
 5. the loss terms and val mAP over training (``training_curve.png``).
 
-Everything is printed as Markdown and written to ``OUT/diagnosis.json``.
+Everything is printed as Markdown and written to ``OUT/diagnosis.json``. ``--write`` puts the detections
+by kind, the AP per class and size, the assignment and the machine (CPU, load before and after) into
+benchmarks/RESULTS.md, "Demo recipe: what the drawn detections are" (commentary below the generated part
+kept).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import importlib.util
 import json
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SECTION = '## Demo recipe: what the drawn detections are'
+END_MARK = '<!-- end of diagnose_demo.py output; commentary below is kept by --write -->'
 
 
 def mmdet_confusion_matrix_module():
@@ -103,7 +109,10 @@ def main() -> None:
     p.add_argument('--score-thr', type=float, nargs='+', default=[0.3, 0.5])
     p.add_argument('--data-root', help='override the data root of every dataloader')
     p.add_argument('--out-dir')
+    p.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
     from mmengine.config import Config
     from mmengine.fileio import load
     from mmengine.registry import init_default_scope
@@ -198,6 +207,50 @@ def main() -> None:
     with open(osp.join(out, 'diagnosis.json'), 'w') as f:
         json.dump(report, f, indent=1)
     print(f'\nwritten: {out}/diagnosis.json, confusion_matrix_*.png, training_curve.png')
+    text = results_section(report, classes, args, markdown_line(before))
+    print('\n' + text)
+    if args.write:
+        from results_md import write_section
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
+
+
+def results_section(report: dict, classes: list[str], args, machine: str) -> str:
+    """The generated part of RESULTS.md's section, from the report of :func:`main`."""
+    m = report['metrics']
+    first = report['detections'][str(args.score_thr[0])]
+    rows = ['| drawing threshold | correct | duplicate | wrong class | poor box | background '
+            '| missed objects |', '|---|---|---|---|---|---|---|']
+    for thr in args.score_thr:
+        e = report['detections'][str(thr)]
+        rows.append(f'| {thr:g} | ' + ' | '.join(str(e[k]) for k in (
+            'correct', 'duplicate', 'wrong_class', 'poor_box', 'background', 'missed')) + ' |')
+    per_class = sorted(((m.get(f'coco/{c}_precision', float('nan')), c) for c in classes), reverse=True)
+    lines = [
+        SECTION, '',
+        f'`.venv/bin/python benchmarks/diagnose_demo.py {osp.relpath(osp.abspath(args.work_dir), REPO)} '
+        f'--score-thr {" ".join(f"{t:g}" for t in args.score_thr)} --write` ({datetime.date.today()}) on '
+        f'`{osp.relpath(osp.abspath(report["checkpoint"]), REPO)}` ({first["objects"]} val objects): every '
+        'detection above the drawing threshold judged against the ground truth at IoU 0.5 '
+        '(`fcos_plugin.analysis.detection_errors`: correct; duplicate of an object a higher-scoring '
+        'detection took; on an object of another class only; 0.1 <= IoU < 0.5; background), and the '
+        'objects no detection of their class took.', '', machine, '', *rows, '',
+        f'bbox mAP {m["coco/bbox_mAP"]:.3f}, mAP_50 {m["coco/bbox_mAP_50"]:.3f} (AP small '
+        f'{m["coco/bbox_mAP_s"]:.3f}, medium {m["coco/bbox_mAP_m"]:.3f}, large {m["coco/bbox_mAP_l"]:.3f}); '
+        'per class: ' + ', '.join(f'{c} {ap:.3f}' for ap, c in per_class) + '.']
+    over = report.get('assignment_over_training')
+    if over:
+        lines += ['', 'The assignment over training (`pos_per_gt` and `pos_iou`, logged by `TunedFCOSHead`):',
+                  '', '| iteration | positives per object | mean IoU of the positives with their object |',
+                  '|---|---|---|',
+                  *[f'| {r["iter"]} | {r["pos_per_gt"]:.2f} | {r["pos_iou"]:.3f} |' for r in over]]
+    by_level = report.get('assignment_by_level')
+    if by_level:
+        share = [round(100 * v) for v in by_level['level_share'].values()]
+        lines += ['', f'The checkpoint on {by_level["objects"]} training objects: '
+                  f'{by_level["pos_per_object"]:.2f} positives per object; {share[0]}% of the positives '
+                  f'are on P3, {share[1]}% on P4, {share[2]}% on P5' + ''.join(
+                      f', {v}% on P{3 + i}' for i, v in enumerate(share) if i > 2) + '.']
+    return '\n'.join(lines) + '\n'
 
 
 if __name__ == '__main__':

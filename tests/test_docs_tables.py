@@ -136,8 +136,7 @@ LEVELS = r'(\d+)% of the\s+positives are on P3, (\d+)% on P4, (\d+)% on P5'
 AP_SIZES = r'\(AP small ([\d.]+), medium ([\d.]+), large ([\d.]+)\)'
 SPEED_ROW = r'\| {} \| ([\d.]+) \| ([\d.]+) \|'
 RACCOON_MAP = r'`tools/test.py` on `iter_300.pth`: bbox mAP \*\*([\d.]+)\*\*'
-RACCOON_TRAIN = (r'\| train \(`tools/train.py`, 300 iterations x 8 images, 6 validations\) '
-                 r'\| [\d.]+ \(([\d.]+) min\) \|')
+RACCOON_TRAIN = r'\| `tools/train.py` \| [\d.]+ \(([\d.]+) min\) \|'
 
 
 DATASET_SCALE = (r'118,287 images \(64x64 JPEGs\), ([\d,]+) boxes[\s\S]*?'
@@ -151,8 +150,9 @@ def per_box(mib: str, boxes: str) -> str:
 
 EN, ZH = 'README.md', 'README_zh-CN.md'
 R50 = SPEED_ROW.format(r'mmdet FCOS-R50 \(stock config\)')
-NCHW_ROW = r'\| padded to 32 only \(320x320\) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|'
-NHWC_ROW = r'\| \+ `channels_last` \(`ChannelsLastHook`\) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|'
+STAGE_TIMES = r' \|(?: [\d.]+ \|){5} ([\d.]+) \|'  # bench_demo_speed.py: five stages, then the total
+NCHW_ROW = r'\| padded to 32 only \(320x320\)' + STAGE_TIMES
+NHWC_ROW = r'\| \+ `channels_last` \(`ChannelsLastHook`\)' + STAGE_TIMES
 
 
 ONNX_LAT = (r'\| {} \| PyTorch eager \| ([\d.]+) \|[^\n]*\n\| {} \| ORT float \| ([\d.]+) \|[^\n]*\n'

@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         latency_ms={k: round(int8_report[r]['latency_ms'], 1)
                     for k, r in (('pytorch', 'pytorch'), ('onnx', 'float'), ('onnx_int8', 'int8'))},
         latency_input=int8_report['latency']['input_shape'],
-        latency_threads=int8_report['latency']['threads'],
+        latency_threads=int8_report['latency']['threads'], draw_score_thr=draw_thr,
         stage_seconds={k: round(v, 1) for k, v in stages.seconds.items()},
         pictures=dict(detections=sheet, all_detections=show_dirs[-1], onnx_detections=infer_dir,
                       training_curve=curve))
