@@ -1,6 +1,6 @@
 # CPU-sized FCOS-EfficientNet-B0 on the built-in demo data (the main command's default): the model of
 # fcos_effb0.py (Lite0 ImageNet weights, BiFPN, tuned FCOS head) with 6 classes at 320x320, trained
-# for 600 iterations of 8 images (schedules/demo_cpu.py: AdamW): 11.3 minutes of training on 2 CPU cores,
+# for 600 iterations of 8 images (schedules/demo_cpu.py: AdamW): 10.9 minutes of training on 2 CPU cores,
 # validations included (benchmarks/RESULTS.md, "The main command, timed").
 _base_ = [
     './_base_/models/fcos_effb0_bifpn.py',
@@ -18,8 +18,8 @@ model = dict(
     # pass at 160x160 and 80x80 is a third of an iteration's time on CPU (bench_demo_speed.py)
     backbone=dict(norm_cfg=bn, frozen_stages=2), neck=dict(norm_cfg=bn),
     bbox_head=dict(num_classes=6, norm_cfg=dict(bn, requires_grad=True)))
-# NHWC convolutions: 1.40x faster per iteration on CPU (1.330 -> 0.951 s; benchmarks/bench_demo_speed.py,
-# benchmarks/RESULTS.md "Where an iteration's time went")
+# NHWC convolutions: 1.49x faster per iteration on CPU (benchmarks/bench_demo_speed.py; benchmarks/RESULTS.md,
+# "Demo recipe: where a training iteration's time goes")
 custom_hooks = [dict(type='ChannelsLastHook')]
 # Drawing threshold of tools/test.py --show-dir. The score is sqrt(cls x centerness): mmdet's default
 # 0.3 means cls x centerness >= 0.09 and draws the weak other-class guesses focal loss leaves at each

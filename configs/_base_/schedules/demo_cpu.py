@@ -1,5 +1,5 @@
 # Short CPU schedule for the built-in demo data. Counted in iterations, because its budget is CPU
-# minutes: 11.3 minutes of training on 2 cores, validations included (benchmarks/RESULTS.md, "The main
+# minutes: 10.9 minutes of training on 2 cores, validations included (benchmarks/RESULTS.md, "The main
 # command, timed").
 # AdamW (decoupled weight decay 0.05, none on norm/bias) with a short linear warm-up and a cosine
 # decay to 5%: from a random BiFPN/head it learns several times faster per iteration than the SGD
