@@ -136,6 +136,7 @@ LEVELS = r'(\d+)% of the\s+positives are on P3, (\d+)% on P4, (\d+)% on P5'
 AP_SIZES = r'\(AP small ([\d.]+), medium ([\d.]+), large ([\d.]+)\)'
 SPEED_ROW = r'\| {} \| ([\d.]+) \| ([\d.]+) \|'
 RACCOON_MAP = r'`tools/test.py` on `iter_300.pth`: bbox mAP \*\*([\d.]+)\*\*'
+INSTALL = r'\| first \(empty caches: download everything, build mmcv\) \| ([\d.]+) min \| ([\d.]+) min \|'
 RACCOON_TRAIN = r'\| `tools/train.py` \| [\d.]+ \(([\d.]+) min\) \|'
 
 
@@ -241,6 +242,14 @@ QUOTES = [
     *[Quote(doc, q, RACCOON_TRAIN, same, 'raccoon training minutes')
       for doc, q in (('docs/en/custom_dataset.md', r'`tools/train.py` took ([\d.]+) minutes'),
                      ('docs/zh_cn/custom_dataset.md', r'`tools/train.py` 耗时 ([\d.]+) 分钟'))],
+    # README / get_started (en, zh): a first install (bench_install.py)
+    *[Quote(doc, q, INSTALL, same, 'first install minutes') for doc, q in (
+        (EN, r'took ([\d.]+) minutes on 2 cores, ([\d.]+) of them the mmcv build'),
+        (ZH, r'耗时 ([\d.]+) 分钟，其中 ([\d.]+) 分钟用于编译 mmcv'))],
+    Quote('docs/en/get_started.md', r'\(([\d.]+) of\s+the ([\d.]+) minutes of a first install', INSTALL,
+          lambda total, build: (build, total), 'first install minutes'),
+    Quote('docs/zh_cn/get_started.md', r'首次安装共 ([\d.]+) 分钟，其中\s*([\d.]+) 分钟花在编译 mmcv',
+          INSTALL, same, 'first install minutes'),
     # config comments
     Quote('configs/fcos_effb0_demo.py', r'NHWC convolutions: ([\d.]+)x faster per iteration',
           NCHW_ROW + r'[\s\S]*?' + NHWC_ROW, lambda nchw, nhwc: fixed(2, float(nchw) / float(nhwc)),

@@ -84,7 +84,8 @@ have_mmcv() { "$PY" -c 'import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ !=
 if ! have_mmcv; then
   WHL=$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$WHL" ]; then
-    log "building mmcv $MMCV_VERSION with compiled ops against $TORCH_TAG (~17 min on 2 cores, once)"
+    log "building mmcv $MMCV_VERSION with compiled ops against $TORCH_TAG (~19 min on 2 cores, once)"
+    BUILD_START=$SECONDS
     BUILD=$(mktemp -d)
     trap 'rm -rf "$BUILD"' EXIT
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$BUILD"
@@ -98,6 +99,7 @@ if ! have_mmcv; then
     cp "$built" "$WHEELS/.partial-$(basename "$built")"
     mv "$WHEELS/.partial-$(basename "$built")" "$WHEELS/$(basename "$built")"
     WHL="$WHEELS/$(basename "$built")"
+    log "mmcv built in $(( (SECONDS - BUILD_START) / 60 )) min $(( (SECONDS - BUILD_START) % 60 )) s: $WHL"
   else
     log "reusing $WHL"
   fi
@@ -110,3 +112,4 @@ log "installing pinned requirements"
 "${PIP[@]}" install -q --no-deps "mmdeploy==1.3.1"
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
 "$PY" -c 'import pkg_resources, mmcv.ops, mmdet, mmdeploy, fcos_plugin; print("[install] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__, "mmdeploy", mmdeploy.__version__)'
+log "install took $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"
