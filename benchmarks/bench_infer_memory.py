@@ -1,23 +1,26 @@
 #!/usr/bin/env python
 """Peak memory (RSS) of the inference tools on large photos and on many of them.
 
-    .venv/bin/python benchmarks/bench_infer_memory.py [--side 6000] [--count 100]
-        [--config configs/fcos_effb0_demo.py] [--checkpoint CKPT] [--onnx MODEL.onnx] [--tmp DIR]
+    .venv/bin/python benchmarks/bench_infer_memory.py [--side 6000] [--count 100] [--small 64]
+        [--config configs/fcos_effb0_demo.py] [--checkpoint CKPT] [--onnx MODEL.onnx] [--tmp DIR] [--write]
 
 Makes one synthetic ``side`` x ``side`` JPEG (6000x6000 = 36 MP: gradients, shapes and noise, like a photo
 in size and JPEG cost) in a temporary directory, and ``count`` hard links to it (one file on disk; each is
 still opened and decoded on its own). Runs ``tools/infer.py`` (PyTorch, DetInferencer, pictures drawn) and
-``tools/deploy/onnx_infer.py`` (ONNX Runtime) on 1 and on ``count`` of them, each in a subprocess under
-``/usr/bin/time -v``, and prints the peak RSS ("Maximum resident set size") and the wall time of each run
-as a Markdown table. Default model: the demo's (``work_dirs/fcos_effb0_demo``: ``iter_600.pth`` and
-``onnx/fcos_effb0_demo.onnx``, as ``tools/run_demo.sh`` leaves them); without a checkpoint the demo model
-is randomly initialised and saved in the temporary directory (its detections are nonsense, but the memory
-is the same); without an ONNX model the ONNX rows are skipped. Everything is written under the temporary
-directory, removed at the end; nothing in the repository.
+``tools/deploy/onnx_infer.py`` (ONNX Runtime) on one ``small`` x ``small`` JPEG (the tool's own cost), on
+one large one and on ``count`` of them, each in a subprocess under ``/usr/bin/time -v``, and prints the peak
+RSS ("Maximum resident set size") and the wall time of each run as Markdown tables with the machine (CPU,
+load before and after); ``--write`` puts them into benchmarks/RESULTS.md, "Inference memory on large photos"
+(commentary below the generated part kept), the table docs/en/faq.md quotes. Default model: the demo's
+(``work_dirs/fcos_effb0_demo``: ``iter_600.pth`` and ``onnx/fcos_effb0_demo.onnx``, as ``tools/run_demo.sh``
+leaves them); without a checkpoint the demo model is randomly initialised and saved in the temporary
+directory (its detections are nonsense, but the memory is the same); without an ONNX model the ONNX rows are
+skipped. Everything is written under the temporary directory, removed at the end; nothing in the repository.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import os.path as osp
 import re
@@ -29,6 +32,8 @@ import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'work_dirs', 'fcos_effb0_demo')
+SECTION = '## Inference memory on large photos'
+END_MARK = '<!-- end of bench_infer_memory.py output; commentary below is kept by --write -->'
 
 
 def make_photo(path: str, side: int) -> None:
@@ -81,17 +86,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--side', type=int, default=6000, help='image side in pixels (6000: 36 MP)')
     p.add_argument('--count', type=int, default=100, help='images in the "many" runs')
+    p.add_argument('--small', type=int, default=64, help="side of the small image (the tools' own cost)")
+    p.add_argument('--write', action='store_true', help='update benchmarks/RESULTS.md')
     p.add_argument('--config', default=osp.join(REPO, 'configs', 'fcos_effb0_demo.py'))
     p.add_argument('--checkpoint', default=osp.join(DEMO, 'iter_600.pth'))
     p.add_argument('--onnx', default=osp.join(DEMO, 'onnx', 'fcos_effb0_demo.onnx'))
     p.add_argument('--tmp', default=None, help='temporary directory (default: the system one)')
     p.add_argument('--only', choices=['torch', 'onnx'], help='run one of the two tools only')
     args = p.parse_args()
+    from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
+    before = machine_facts()
     tmp = tempfile.mkdtemp(prefix='bench_infer_memory-', dir=args.tmp)
     try:
-        one, many = osp.join(tmp, 'one'), osp.join(tmp, 'many')
-        os.makedirs(one)
-        os.makedirs(many)
+        small, one, many = osp.join(tmp, 'small'), osp.join(tmp, 'one'), osp.join(tmp, 'many')
+        for d in (small, one, many):
+            os.makedirs(d)
+        make_photo(osp.join(small, 'photo.jpg'), args.small)
         photo = osp.join(one, 'photo.jpg')
         make_photo(photo, args.side)
         for i in range(args.count):
@@ -100,25 +110,45 @@ def main() -> None:
         if not osp.isfile(ckpt):
             ckpt = random_checkpoint(args.config, osp.join(tmp, 'random.pth'))
         mb = osp.getsize(photo) / 2**20
-        print(f'{args.side}x{args.side} JPEG ({args.side ** 2 / 1e6:.0f} MP, {mb:.1f} MB file; decoded '
-              f'{args.side ** 2 * 3 / 2**20:.0f} MB), checkpoint {ckpt}\n')
-        print('| tool | images | peak RSS | wall |\n|---|---:|---:|---:|')
-        runs = []
+        mp = f'{args.side ** 2 / 1e6:.0f} MP'
+        cases = ((small, f'one {args.small}x{args.small} image'), (one, f'one {mp} image'),
+                 (many, f'{args.count} images of {mp}'))
+        tools = {}
         if args.only != 'onnx':
-            runs += [('tools/infer.py', d, n, [sys.executable, osp.join(REPO, 'tools', 'infer.py'), d,
-                                               args.config, ckpt, '--out-dir', osp.join(tmp, f'out_t{n}'),
-                                               '--device', 'cpu'])
-                     for d, n in ((one, 1), (many, args.count))]
+            tools['tools/infer.py'] = lambda d, n: [
+                sys.executable, osp.join(REPO, 'tools', 'infer.py'), d, args.config, ckpt,
+                '--out-dir', osp.join(tmp, f'out_t{n}'), '--device', 'cpu']
         if args.only != 'torch' and osp.isfile(args.onnx):
-            runs += [('tools/deploy/onnx_infer.py', d, n,
-                      [sys.executable, osp.join(REPO, 'tools', 'deploy', 'onnx_infer.py'), args.onnx, d,
-                       '--out-dir', osp.join(tmp, f'out_o{n}')]) for d, n in ((one, 1), (many, args.count))]
-        for tool, _, n, cmd in runs:
-            rss, wall, _ = peak(cmd)
-            print(f'| `{tool}` | {n} | {rss / 1024:.2f} GiB | {wall:.0f} s |', flush=True)
+            tools['tools/deploy/onnx_infer.py'] = lambda d, n: [
+                sys.executable, osp.join(REPO, 'tools', 'deploy', 'onnx_infer.py'), args.onnx, d,
+                '--out-dir', osp.join(tmp, f'out_o{n}')]
+        results = {}
+        for tool, command in tools.items():
+            for n, (d, label) in enumerate(cases):
+                rss, wall, _ = peak(command(d, n))
+                results[tool, label] = (rss, wall)
+                print(f'{tool}, {label}: {rss / 1024:.2f} GiB, {wall:.0f} s', flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
+    header = '| tool | ' + ' | '.join(label for _, label in cases) + ' |'
+    align = '|---|' + '---:|' * len(cases)
+    text = '\n'.join([
+        SECTION, '',
+        f'`.venv/bin/python benchmarks/bench_infer_memory.py --side {args.side} --count {args.count} '
+        f'--small {args.small} --checkpoint {osp.relpath(osp.abspath(ckpt), REPO)} --onnx '
+        f'{osp.relpath(osp.abspath(args.onnx), REPO)} --write` ({datetime.date.today()}): synthetic JPEGs '
+        f'({args.side}x{args.side}: {mb:.1f} MB file, {args.side ** 2 * 3 / 2**20:.0f} MB decoded; the '
+        f'{args.count} are hard links to one file, each opened and decoded on its own), CPU, the demo model; '
+        'each run a fresh process under `/usr/bin/time -v`.', '', markdown_line(before), '',
+        'Peak RSS:', '', header, align,
+        *[f'| `{tool}` | ' + ' | '.join(f'{results[tool, label][0] / 1024:.2f} GiB' for _, label in cases)
+          + ' |' for tool in tools], '', 'Wall time:', '', header, align,
+        *[f'| `{tool}` | ' + ' | '.join(f'{results[tool, label][1]:.0f} s' for _, label in cases) + ' |'
+          for tool in tools], ''])
+    print(text)
+    if args.write:
+        from results_md import write_section
+        print(f'written to {write_section(SECTION, text, END_MARK)}')
 
 if __name__ == '__main__':
     main()

@@ -278,14 +278,14 @@ def main() -> None:
              f'| mean top-1 confidence | top-1 / top-5 correct, {m} labelled '
              f'| log p(label) diff (CI), {m} labelled | same, {m96} crops >= 96 px |',
              '|---|---|---|---|---|---|---|']
+
+    def ci(d: dict) -> str:
+        return f'{d["dl"]:+.4f} ({d["cil"][0]:+.4f} to {d["cil"][1]:+.4f})'
     for k, v in logits.items():
         agree = int((top1[k] == top1[A]).sum())
         diff = (v - logits[A]).abs()
         conf = v.softmax(1).max(1).values.mean().item()
         k1, k5 = int(scores[k]['top1'].sum()), int(scores[k]['top5'].sum())
-
-        def ci(d: dict) -> str:
-            return f'{d["dl"]:+.4f} ({d["cil"][0]:+.4f} to {d["cil"][1]:+.4f})'
         table.append(
             f'| {k} | {agree}/{n}' + ('' if k == A else f' ({agree / n:.1%})')
             + f' | {diff.mean().item():.4g} / {diff.max().item():.3g} | {conf:.4f} '
@@ -303,8 +303,7 @@ def main() -> None:
         f'Logit scale: {spread:.3f}, the standard deviation over the 1000 classes of one crop. Top-1 95 % '
         f'Wilson interval of {int(scores[A]["top1"].sum())}/{m}: {lo1:.1%}-{hi1:.1%}. Top-1 flips between '
         f'127 and 128: {len(flips)} of {n} crops, {len(labelled_flips)} of them labelled (right under both / '
-        f'one / neither: '
-        f'{right.count(2)} / {right.count(1)} / {right.count(0)}).', '',
+        f'one / neither: {right.count(2)} / {right.count(1)} / {right.count(0)}).', '',
         '| vs (x-127)/128, top-1 of the labelled crops | right only with 127 / only with the row, accuracy '
         f'difference (CI), exact McNemar: {m} crops | same, {m96} crops >= 96 px |', '|---|---|---|',
         *[f'| {k} | {pair(paired[k])} | {pair(paired96[k])} |' for k in (B, CONTROL, RESIZE)]])

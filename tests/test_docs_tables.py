@@ -137,6 +137,7 @@ AP_SIZES = r'\(AP small ([\d.]+), medium ([\d.]+), large ([\d.]+)\)'
 SPEED_ROW = r'\| {} \| ([\d.]+) \| ([\d.]+) \|'
 RACCOON_MAP = r'`tools/test.py` on `iter_300.pth`: bbox mAP \*\*([\d.]+)\*\*'
 INSTALL = r'\| first \(empty caches: download everything, build mmcv\) \| ([\d.]+) min \| ([\d.]+) min \|'
+MEM_ROW = r'\| `{}` \| ([\d.]+) GiB \| ([\d.]+) GiB \| ([\d.]+) GiB \|'
 RACCOON_TRAIN = r'\| `tools/train.py` \| [\d.]+ \(([\d.]+) min\) \|'
 
 
@@ -250,6 +251,10 @@ QUOTES = [
           lambda total, build: (build, total), 'first install minutes'),
     Quote('docs/zh_cn/get_started.md', r'首次安装共 ([\d.]+) 分钟，其中\s*([\d.]+) 分钟花在编译 mmcv',
           INSTALL, same, 'first install minutes'),
+    # FAQ (en, zh): peak memory of the inference tools (bench_infer_memory.py)
+    *[Quote(doc, MEM_ROW.format(tool), MEM_ROW.format(tool), same, f'{tool} peak memory')
+      for doc in ('docs/en/faq.md', 'docs/zh_cn/faq.md')
+      for tool in ('tools/infer.py', 'tools/deploy/onnx_infer.py')],
     # config comments
     Quote('configs/fcos_effb0_demo.py', r'NHWC convolutions: ([\d.]+)x faster per iteration',
           NCHW_ROW + r'[\s\S]*?' + NHWC_ROW, lambda nchw, nhwc: fixed(2, float(nchw) / float(nhwc)),
