@@ -197,10 +197,8 @@ def main() -> None:
         SECTION, '', f'`{cmd} --write` ({datetime.date.today()}).', '', markdown_line(before), '',
         '### Construction time and resident memory (COCO train2017 scale, boxes only, fresh process each)',
         '', split, '', *scale, '', *read, ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

@@ -88,10 +88,8 @@ def main() -> None:
         "(mmengine's `EarlyStoppingHook`). Loss and IoU: the last logged training record before the "
         'validation (the IoU of the positives with their object, logged by `TunedFCOSHead`).',
         '', markdown_line(before), '', *rows, ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

@@ -114,10 +114,9 @@ def main() -> None:
         f'and loss, backward and an SGD step, {args.threads} threads, median of {args.iters} steps after one '
         'warm-up; the same model in one process, each row changing one thing from the row above.',
         '', markdown_line(before), '', *rows, ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
+
 
 if __name__ == '__main__':
     main()

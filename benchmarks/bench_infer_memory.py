@@ -145,10 +145,9 @@ def main() -> None:
           + ' |' for tool in tools], '', 'Wall time:', '', header, align,
         *[f'| `{tool}` | ' + ' | '.join(f'{results[tool, label][1]:.0f} s' for _, label in cases) + ' |'
           for tool in tools], ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
+
 
 if __name__ == '__main__':
     main()

@@ -80,10 +80,8 @@ def main() -> None:
         '`FCOS_PLUGIN_CACHE`, `PIP_CACHE_DIR`), packages from the registries, then again; install.sh\'s own '
         f'durations: mmcv built in {build:.1f} min, install took {total:.1f} min.', '',
         markdown_line(before), '', *rows, ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
-from results_md import write_section
+from results_md import publish
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '## The main command, timed'
@@ -78,11 +78,10 @@ def main() -> None:
         f'{summary.get("draw_score_thr", 0.5):g}):', '',
         f'![training curve]({PICTURES["training_curve.png"]})', '',
         f'![demo detections]({PICTURES["detections.jpg"]})', ''])
-    print(text)
     if args.write:
         for name, target in PICTURES.items():
             shutil.copyfile(osp.join(args.work_dir, name), osp.join(REPO, 'benchmarks', target))
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

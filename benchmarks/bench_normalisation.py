@@ -321,10 +321,9 @@ def main() -> None:
         "object scale. Log p(label): log of the softmax mass on the label's ImageNet classes; differences "
         f'are (x-127)/128 minus the row, paired, 95 % bootstrap CI ({BOOTSTRAP} resamples, seed 0).',
         '', markdown_line(before), '', *table, '', notes, ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
+
 
 if __name__ == '__main__':
     main()

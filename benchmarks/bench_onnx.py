@@ -31,7 +31,7 @@ import os.path as osp
 import numpy as np
 import torch
 from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
-from results_md import write_section
+from results_md import publish
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -143,9 +143,7 @@ def main(argv=None):
             f'{k}x{k}: ' + ', '.join(f'{r:.2f}x' for r in v) + f' (lowest {min(v):.2f}x)'
             for k, v in round_ratios.items()) + '.', '',
         f'bbox mAP on {n_val} demo val images at the config\'s input size:', '', *map_rows, ''])
-    print(text)
-    if args.write:
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

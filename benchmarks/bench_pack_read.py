@@ -123,10 +123,8 @@ def main() -> None:
         'record fetched in one transaction, `zlib.crc32` compared, `data.mdb` size checked) against the '
         f'read before checksums (one `txn.get`), {args.rounds} rounds alternating the order of the two.',
         '', markdown_line(before), '', *rows, ''])
-    print(text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import sys
 import time
 
 from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
-from results_md import write_section
+from results_md import publish
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FLOAT_CFG = osp.join(REPO, 'configs', 'fcos_effb0_demo.py')
@@ -106,9 +106,7 @@ def main() -> None:
         f'| QAT (100 iterations), PyTorch with the quantization simulated | {maps["simulated"]:.3f} |',
         f'| QAT, exported QDQ model in ONNX Runtime (int8 kernels) | {maps["ort"]:.3f} |', '',
         '| step | wall s |', '|---|---|', *[f'| {k} | {v:.1f} |' for k, v in seconds.items()], ''])
-    print(text)
-    if args.write:
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

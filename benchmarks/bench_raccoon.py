@@ -53,9 +53,9 @@ def page_steps(page: str = PAGE) -> tuple[str, list[str]]:
     return config[0], commands
 
 
-def run(command: str) -> tuple[float, float, str]:
+def run(command: str) -> tuple[float, float]:
     """``command`` from the repository root by the shell, as a user runs it (the page's ``*``), with
-    ``python`` this interpreter: (wall s, CPU s of its processes, its stdout)."""
+    ``python`` this interpreter: (wall s, CPU s of its processes); its output is shown only on failure."""
     assert command.startswith('python '), command
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def run(command: str) -> tuple[float, float, str]:
     if proc.returncode:
         print(proc.stdout[-3000:])
         raise SystemExit(f'failed ({proc.returncode}): {command}')
-    return wall, cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime, proc.stdout
+    return wall, cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
 
 
 def main() -> None:
@@ -92,7 +92,7 @@ def main() -> None:
     times = []
     for command in commands:
         print(f'$ {command}', flush=True)
-        wall, cpu, out = run(command)
+        wall, cpu = run(command)
         times.append((command, wall, cpu))
         print(f'  {wall:.1f} s wall, {cpu:.1f} s CPU', flush=True)
     work = osp.join(REPO, 'work_dirs', 'fcos_effb0_raccoon')
@@ -134,14 +134,13 @@ def main() -> None:
         f'`tools/test.py` on `iter_{max_iters}.pth`: bbox mAP **{test["coco/bbox_mAP"]:.3f}** (all six COCO '
         'numbers: ' + ' '.join(f'{test[f"coco/{k}"]:.3f}' for k in keys) + '); the ONNX export evaluated by '
         '`tools/deploy/test_onnx.py`: ' + ' '.join(f'{onnx[f"coco/{k}"]:.3f}' for k in keys) + '.', ''])
-    print(text)
     sheet = [shlex.split(c) for c in commands if 'detection_sheet.py' in c][0]
     sheet_out = osp.join(REPO, sheet[sheet.index('--out') + 1])
     if args.write:
-        from results_md import write_section
         shutil.copyfile(sheet_out, osp.join(REPO, SHEET))
         print(f'{SHEET} <- {osp.relpath(sheet_out, REPO)}')
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

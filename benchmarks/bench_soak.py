@@ -150,11 +150,9 @@ def main() -> None:
         'Picture: `benchmarks/soak_memory.png`.', '',
         saved.get('machine', 'Machine: not recorded by this (older) run'), '',
         *rows, '', growth_line, ''])
-    print(text)
     print(f'picture: {picture}')
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':

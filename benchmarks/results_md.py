@@ -38,3 +38,10 @@ def write_section(section: str, text: str, end_mark: str, path: str = RESULTS) -
             f.write(new)
     write_atomic(path, write)
     return path
+
+
+def publish(section: str, text: str, end_mark: str, write: bool) -> None:
+    """Print a benchmark's generated part; with ``write`` (its ``--write``) also merge it into RESULTS.md."""
+    print(text)
+    if write:
+        print(f'written to {write_section(section, text, end_mark)}')
