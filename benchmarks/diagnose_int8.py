@@ -28,7 +28,7 @@ import datetime
 import os.path as osp
 
 from machine import machine_facts, markdown_line  # benchmarks/machine.py, beside this script
-from results_md import write_section
+from results_md import publish
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '## int8: where accuracy and time go'
@@ -158,9 +158,7 @@ def main():
         *([f'Sensitivity: each block quantized alone (MinMax, {args.num_calib} images), the rest float:',
            '', *sens_rows, ''] if sens_rows else []),
         *(['Calibration of the default scheme:', '', *calib_rows, ''] if calib_rows else [])])
-    print(text)
-    if args.write:
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    publish(SECTION, text, END_MARK, args.write)
 
 
 if __name__ == '__main__':
