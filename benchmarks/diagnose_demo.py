@@ -54,7 +54,7 @@ def assignment_by_level(cfg, ckpt: str, num_batches: int = 4) -> dict:
     """Positives per object, split by FPN level and by object size, for the checkpoint's own
     predictions on training batches (the assignment the next training step would make)."""
     from mmdet.registry import MODELS
-    from mmengine.runner import Runner, load_checkpoint
+    from mmengine.runner import Runner, load_checkpoint, set_random_seed
 
     from fcos_plugin.engine import safe_checkpoint_loading
     model = MODELS.build(cfg.model)
@@ -66,6 +66,9 @@ def assignment_by_level(cfg, ckpt: str, num_batches: int = 4) -> dict:
         return {}
     loader_cfg = cfg.train_dataloader.copy()
     loader_cfg.update(num_workers=0, persistent_workers=False)
+    # the random augmentations run in this process (no workers): seed its generators, not only the sampler,
+    # or every run draws other boxes and the shares below move by a point or two
+    set_random_seed(0)
     loader = Runner.build_dataloader(loader_cfg, seed=0)
     num_levels = len(head.strides)
     pos_by_level = np.zeros(num_levels)
@@ -208,10 +211,8 @@ def main() -> None:
         json.dump(report, f, indent=1)
     print(f'\nwritten: {out}/diagnosis.json, confusion_matrix_*.png, training_curve.png')
     text = results_section(report, classes, args, markdown_line(before))
-    print('\n' + text)
-    if args.write:
-        from results_md import write_section
-        print(f'written to {write_section(SECTION, text, END_MARK)}')
+    from results_md import publish
+    publish(SECTION, text, END_MARK, args.write)
 
 
 def results_section(report: dict, classes: list[str], args, machine: str) -> str:
